@@ -1,0 +1,5 @@
+"""Allow ``python -m eventd``."""
+
+from eventd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""What a field is, and how a field reference in a rule becomes an extractor.
+
+A *field family* module (``k8saudit``, ``jsonfields``, ``falco_alert``,
+``images``) declares ``FieldDef`` objects.  A ``FieldSet`` holds the fields of
+one rule source.  ``FieldSet.bind`` checks a ``FieldRef`` written in a rule
+(name, argument, transformers) and returns a ``BoundField`` whose ``get`` is a
+closure: it extracts the value once per event and memoises it in
+``Event.cache``, because many rules read the same few fields.
+
+Value conventions (the compiler and the output formatter rely on them):
+
+* a missing value is ``None``; extractors never return an empty tuple;
+* a scalar field returns one scalar, a ``str`` for every ``ka.*``/``json.*``
+  field; Falco ``output_fields`` keep their JSON type (``int``, ``float``,
+  ``bool``, ``str``);
+* a list field returns a non-empty ``tuple`` of scalars, also when an index
+  argument selects a single element (the field stays list-typed, as in Falco).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import posixpath
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from eventd.engine.ast import FieldRef
+from eventd.engine.errors import FieldError
+from eventd.events.model import Event
+
+Scalar: TypeAlias = str | int | float | bool
+Extracted: TypeAlias = Scalar | tuple[Scalar, ...] | None
+#: ``extract(event, arg)``: arg is ``None``, an ``int`` index, or a ``str`` key.
+Extractor: TypeAlias = Callable[[Event, Any], Extracted]
+
+
+class ArgKind(enum.Enum):
+    """What may follow the field name in brackets."""
+
+    NONE = "none"  # no argument allowed
+    INDEX = "index"  # optional ``[N]``: digits, no leading zero
+    KEY = "key"  # required ``[string]``
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDef:
+    """A field a rule can read.
+
+    ``raw_scalar`` promises that every value the field yields is the text of
+    a JSON scalar copied verbatim from the event document (a string's
+    contents, or the digits of an integer), so a value can only be extracted
+    if its text occurs in the raw bytes of the event.  The raw-bytes
+    prefilter relies on that promise; leave it False when in doubt.
+
+    ``indexable`` marks cheap single-valued fields (verb, resource, stage...)
+    that the rule index may use to pick candidate rules.
+
+    ``rhs_normalizer`` rewrites right-hand-side constants once, at compile
+    time, into the field's value space (image-name fields normalise
+    allow-list entries such as ``nginx`` to ``docker.io/library/nginx``).
+    """
+
+    name: str
+    desc: str
+    extract: Extractor
+    is_list: bool = False
+    arg: ArgKind = ArgKind.NONE
+    raw_scalar: bool = False
+    indexable: bool = False
+    rhs_normalizer: Callable[[str], str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundField:
+    """A field reference checked against its ``FieldDef``, ready to extract."""
+
+    ref: FieldRef
+    defn: FieldDef
+    get: Callable[[Event], Extracted]
+
+    @property
+    def token(self) -> str:
+        return self.ref.token
+
+    @property
+    def is_list(self) -> bool:
+        return self.defn.is_list
+
+    @property
+    def plain(self) -> bool:
+        """True when the value is the field's own (no transformer applied)."""
+        return not self.ref.transformers
+
+
+def parse_index(text: str) -> int | None:
+    """Falco's index argument: digits only, no leading zero (``0`` is fine)."""
+    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+        return None
+    return int(text)
+
+
+def _b64(value: Scalar) -> Scalar | None:
+    try:
+        return base64.b64decode(str(value), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return None
+
+
+_TRANSFORMS: dict[str, Callable[[Scalar], Scalar | None]] = {
+    "tolower": lambda v: str(v).lower(),
+    "toupper": lambda v: str(v).upper(),
+    "b64": _b64,
+    "basename": lambda v: posixpath.basename(str(v)),
+    "len": lambda v: len(str(v)),
+}
+
+
+def _apply_transform(name: str, value: Extracted) -> Extracted:
+    fn = _TRANSFORMS[name]
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        if name == "len":  # len of a list field is the number of values
+            return len(value)
+        out = tuple(r for r in (fn(v) for v in value) if r is not None)
+        return out or None
+    return fn(value)
+
+
+class FieldSet:
+    """The fields of one rule source, plus an optional resolver for fields
+    that exist by naming convention (Falco ``output_fields`` keys)."""
+
+    def __init__(
+        self,
+        source: str,
+        defs: Iterable[FieldDef],
+        dynamic: Callable[[str], FieldDef | None] | None = None,
+    ) -> None:
+        self.source = source
+        self.defs: dict[str, FieldDef] = {}
+        for d in defs:
+            if d.name in self.defs:
+                raise ValueError(f"field {d.name} declared twice for source {source}")
+            self.defs[d.name] = d
+        self._dynamic = dynamic
+
+    def lookup(self, name: str) -> FieldDef | None:
+        found = self.defs.get(name)
+        if found is None and self._dynamic is not None:
+            found = self._dynamic(name)
+        return found
+
+    def bind(self, ref: FieldRef) -> BoundField:
+        """Check ``ref`` and return its extractor; raise ``FieldError``."""
+        defn = self.lookup(ref.name)
+        if defn is None:
+            raise FieldError(f"unknown field '{ref.name}' for source {self.source}")
+        arg: Any = None
+        if defn.arg is ArgKind.NONE:
+            if ref.arg is not None:
+                raise FieldError(f"field '{ref.name}' does not allow nor require an argument")
+        elif defn.arg is ArgKind.KEY:
+            if ref.arg is None or ref.arg == "":
+                raise FieldError(f"field '{ref.name}' requires an argument but none provided")
+            arg = ref.arg
+        elif ref.arg is not None:
+            arg = parse_index(ref.arg)
+            if arg is None:
+                raise FieldError(
+                    f"field '{ref.name}': index argument must be digits without a leading zero, "
+                    f"got '{ref.arg}'"
+                )
+        for t in ref.transformers:
+            if t not in _TRANSFORMS:
+                raise FieldError(f"unknown field transformer '{t}'")
+        return BoundField(ref, defn, _make_getter(ref, defn, arg))
+
+
+def _make_getter(ref: FieldRef, defn: FieldDef, arg: Any) -> Callable[[Event], Extracted]:
+    key = ref.token
+    extract = defn.extract
+    transformers = tuple(reversed(ref.transformers))  # innermost first
+    miss = _MISSING
+
+    if not transformers:
+
+        def get(ev: Event) -> Extracted:
+            cache = ev.cache
+            v = cache.get(key, miss)
+            if v is miss:
+                v = cache[key] = extract(ev, arg)
+            return v
+
+        return get
+
+    def get_transformed(ev: Event) -> Extracted:
+        cache = ev.cache
+        v = cache.get(key, miss)
+        if v is miss:
+            v = extract(ev, arg)
+            for t in transformers:
+                v = _apply_transform(t, v)
+            cache[key] = v
+        return v
+
+    return get_transformed
+
+
+_MISSING = object()
+
+
+class Registry:
+    """All field sets, by rule source."""
+
+    def __init__(self, sets: Iterable[FieldSet]) -> None:
+        self.sets = {s.source: s for s in sets}
+
+    def __contains__(self, source: str) -> bool:
+        return source in self.sets
+
+    def fieldset(self, source: str) -> FieldSet:
+        return self.sets[source]
+
+    def bind(self, source: str, ref: FieldRef) -> BoundField:
+        return self.sets[source].bind(ref)

@@ -1,0 +1,48 @@
+"""Loaded, compiled rules: what the loader produces and the matcher consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from eventd.engine.ast import Node
+from eventd.engine.priority import Priority
+from eventd.events.model import Event
+
+if TYPE_CHECKING:
+    from eventd.engine.output import OutputFormat
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One enabled rule, ready to evaluate.
+
+    ``condition`` is the final tree (exceptions added, lists substituted,
+    macros expanded): the index and the prefilter read it to learn which
+    events the rule can possibly match.  ``predicate`` is that tree compiled.
+    """
+
+    name: str
+    source: str
+    priority: Priority
+    desc: str
+    tags: tuple[str, ...]
+    condition: Node
+    predicate: Callable[[Event], bool]
+    output: OutputFormat
+    order: int
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The enabled rules in load order, plus what ``eventd rules check`` reports."""
+
+    rules: tuple[Rule, ...]
+    files: tuple[str, ...] = ()
+    lists: int = 0
+    macros: int = 0
+    disabled: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
