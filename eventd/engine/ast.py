@@ -18,9 +18,22 @@ LIST_OPS = frozenset({"in", "intersects", "pmatch"})
 #: Operators comparing with one value.
 VALUE_OPS = frozenset(
     {
-        "=", "==", "!=", "<", "<=", ">", ">=",
-        "contains", "icontains", "bcontains", "startswith", "bstartswith", "endswith",
-        "glob", "iglob", "regex",
+        "=",
+        "==",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "contains",
+        "icontains",
+        "bcontains",
+        "startswith",
+        "bstartswith",
+        "endswith",
+        "glob",
+        "iglob",
+        "regex",
     }
 )
 ALL_OPS = UNARY_OPS | LIST_OPS | VALUE_OPS
@@ -79,7 +92,7 @@ class Check:
 
     field: FieldRef
     op: str
-    value: None | str | tuple[str, ...] | FieldRef = None
+    value: str | tuple[str, ...] | FieldRef | None = None
     pos: int = field(default=0, compare=False)
 
 

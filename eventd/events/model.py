@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventd.events.timestamps import now_ns, rfc3339_to_ns
+
 #: Rule source of Kubernetes audit events (Falco's name for it).
 K8S_AUDIT = "k8s_audit"
 #: Rule source of Falco alerts that eventd receives (eventd's own source name).
@@ -35,3 +37,20 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(source={self.source!r}, origin={self.origin!r})"
+
+
+def event_time_ns(event: Event) -> int:
+    """The event's own time: ``stageTimestamp`` of audit events, ``time`` of
+    Falco alerts; the current time if it is unreadable.  Memoised."""
+    cached = event.cache.get(_TIME_KEY)
+    if cached is None:
+        stamp = event.doc.get("stageTimestamp" if event.source == K8S_AUDIT else "time")
+        try:
+            cached = rfc3339_to_ns(stamp)
+        except ValueError:
+            cached = now_ns()
+        event.cache[_TIME_KEY] = cached
+    return cached
+
+
+_TIME_KEY = ("eventd", "time_ns")

@@ -49,14 +49,9 @@ class ArgKind(enum.Enum):
 class FieldDef:
     """A field a rule can read.
 
-    ``raw_scalar`` promises that every value the field yields is the text of
-    a JSON scalar copied verbatim from the event document (a string's
-    contents, or the digits of an integer), so a value can only be extracted
-    if its text occurs in the raw bytes of the event.  The raw-bytes
-    prefilter relies on that promise; leave it False when in doubt.
-
-    ``indexable`` marks cheap single-valued fields (verb, resource, stage...)
-    that the rule index may use to pick candidate rules.
+    ``indexable`` marks cheap single-valued string fields (verb, resource,
+    stage...) that the rule index keys on; each must also be readable from
+    a raw line's header (``events.header.HEADER_FIELDS``).
 
     ``rhs_normalizer`` rewrites right-hand-side constants once, at compile
     time, into the field's value space (image-name fields normalise
@@ -68,7 +63,6 @@ class FieldDef:
     extract: Extractor
     is_list: bool = False
     arg: ArgKind = ArgKind.NONE
-    raw_scalar: bool = False
     indexable: bool = False
     rhs_normalizer: Callable[[str], str] | None = None
 

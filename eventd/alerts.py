@@ -1,0 +1,125 @@
+"""The alert: what a rule match becomes, in Falco's JSON shape plus eventd's own.
+
+The document is Falco-compatible (``time``, ``rule``, ``priority``,
+``source``, ``output``, ``output_fields``, ``tags``, ``hostname``) so every
+consumer of Falco JSON reads it unchanged, plus ``uuid`` and an ``eventd``
+object with the context a responder needs.
+
+``uuid`` is derived from the rule and the identity of the event (audit ID
+and stage, or the Falco alert's own identity), not drawn at random: when a
+crash makes eventd process an event twice (at-least-once delivery), both
+copies carry the same uuid and consumers can drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from eventd.engine.priority import Priority
+from eventd.engine.ruleset import Rule
+from eventd.events.model import K8S_AUDIT, Event, event_time_ns
+from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
+
+_UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
+
+
+@dataclass(slots=True)
+class Alert:
+    time_ns: int
+    rule: str
+    priority: Priority
+    source: str
+    output: str
+    output_fields: dict[str, Any]
+    tags: tuple[str, ...]
+    hostname: str
+    uuid: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "time": ns_to_rfc3339(self.time_ns),
+            "rule": self.rule,
+            "priority": self.priority.label,
+            "source": self.source,
+            "output": self.output,
+            "output_fields": self.output_fields,
+            "tags": list(self.tags),
+            "hostname": self.hostname,
+            "eventd": self.context,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def text_line(self) -> str:
+        """Falco's text output: ``HH:MM:SS.nnnnnnnnn: Priority message``."""
+        return self.output
+
+
+def event_identity(event: Event) -> str:
+    """A stable identity of the event, for the alert uuid and for dedup."""
+    doc = event.doc
+    if event.source == K8S_AUDIT and isinstance(doc.get("auditID"), str):
+        return f"audit:{doc['auditID']}:{doc.get('stage', '')}"
+    digest = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"{event.source}:{digest}"
+
+
+def alert_uuid(rule_name: str, event: Event) -> str:
+    return str(uuidlib.uuid5(_UUID_NAMESPACE, f"{rule_name}\x00{event_identity(event)}"))
+
+
+def build_alert(rule: Rule, event: Event, hostname: str) -> Alert:
+    """Render ``rule``'s output for ``event`` into an alert."""
+    when = event_time_ns(event)
+    text, fields = rule.output.render(event)
+    fields["evt.time"] = when
+    if event.source != K8S_AUDIT and event.doc.get("hostname"):
+        hostname = event.doc["hostname"]
+    return Alert(
+        time_ns=when,
+        rule=rule.name,
+        priority=rule.priority,
+        source=rule.source,
+        output=f"{ns_to_clock(when)}: {rule.priority.label} {text}",
+        output_fields=fields,
+        tags=rule.tags,
+        hostname=hostname,
+        uuid=alert_uuid(rule.name, event),
+        context=alert_context(event),
+    )
+
+
+def alert_context(event: Event) -> dict[str, Any]:
+    """The facts a responder needs, in fixed keys whatever the rule printed."""
+    doc = event.doc
+    if event.source == K8S_AUDIT:
+        ref = doc.get("objectRef") if isinstance(doc.get("objectRef"), dict) else {}
+        user = doc.get("user") if isinstance(doc.get("user"), dict) else {}
+        return {
+            "event_source": event.source,
+            "origin": event.origin,
+            "audit_id": doc.get("auditID"),
+            "stage": doc.get("stage"),
+            "verb": doc.get("verb"),
+            "user": user.get("username"),
+            "namespace": ref.get("namespace"),
+            "resource": ref.get("resource"),
+            "name": ref.get("name"),
+        }
+    fields = doc.get("output_fields") if isinstance(doc.get("output_fields"), dict) else {}
+    return {
+        "event_source": event.source,
+        "origin": event.origin,
+        "falco_rule": doc.get("rule"),
+        "namespace": fields.get("k8s.ns.name"),
+        "pod": fields.get("k8s.pod.name"),
+        "container_image": fields.get("container.image.repository"),
+    }

@@ -1,3 +1,0 @@
-"""Placeholder replaced by the real CLI."""
-def main() -> int:
-    return 0

@@ -1,0 +1,181 @@
+"""``eventd scan``: match audit logs and Falco JSON files offline."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from eventd.alerts import Alert
+from eventd.cli.common import EXIT_INPUT, EXIT_OK, EXIT_USAGE, error, load_ruleset_or_report
+from eventd.engine.matcher import RULE_MATCHING
+from eventd.engine.priority import Priority
+from eventd.scanner import NotAuditData, Scanner, ScanStats
+
+#: Rejected lines printed individually before only counting them.
+MAX_REPORTED_REJECTS = 20
+#: Inputs smaller than this finish before a progress bar is worth drawing.
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+def _priority(text: str) -> Priority:
+    try:
+        return Priority.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "scan",
+        help="match audit logs or Falco JSON files against rules",
+        description="Read JSON lines (audit Event, EventList, JSON array, or Falco JSON alert, "
+        "detected per line; .gz read transparently; - for stdin) and print an alert per match.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "-r",
+        "--rules",
+        action="append",
+        metavar="RULES",
+        help="rule file or directory; repeat to load several in order (default: built-in packs)",
+    )
+    p.add_argument("--format", choices=("json", "text"), default="json")
+    p.add_argument(
+        "--min-priority",
+        type=_priority,
+        default=Priority.DEBUG,
+        metavar="P",
+        help="only alerts at least this severe (e.g. warning)",
+    )
+    p.add_argument("--rule-matching", choices=RULE_MATCHING, default="first")
+    p.add_argument("--no-prefilter", action="store_true", help="parse and validate every line (slower)")
+    p.add_argument("--hostname", default=None, help="hostname put in alerts (default: this host)")
+    p.add_argument(
+        "--stats",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print the summary table on stderr (default: when stderr is a terminal)",
+    )
+    p.set_defaults(handler=run)
+
+
+class _RejectReporter:
+    """Prints the first rejected lines, counts the rest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, name: str, lineno: int, message: str) -> None:
+        self.count += 1
+        if self.count <= MAX_REPORTED_REJECTS:
+            error(f"{name}:{lineno}: {message}")
+
+    def finish(self) -> None:
+        if self.count > MAX_REPORTED_REJECTS:
+            error(f"... {self.count - MAX_REPORTED_REJECTS} more rejected lines")
+
+
+def _alert_writer(fmt: str) -> Callable[[Alert], None]:
+    out = sys.stdout.buffer
+    if fmt == "json":
+        return lambda alert: out.write(alert.to_json() + b"\n")
+    return lambda alert: out.write(alert.text_line().encode() + b"\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    ruleset = load_ruleset_or_report(args.rules)
+    if ruleset is None:
+        return EXIT_USAGE
+    rejects = _RejectReporter()
+    scanner = Scanner(
+        ruleset,
+        on_alert=_alert_writer(args.format),
+        on_reject=rejects,
+        prefilter=not args.no_prefilter,
+        rule_matching=args.rule_matching,
+        min_priority=args.min_priority,
+        hostname=args.hostname or socket.gethostname(),
+    )
+    status = EXIT_OK
+    interactive = sys.stderr.isatty()
+    sizes = {f: _size(f) for f in args.files}
+    total = sum(sizes.values())
+    progress = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        if interactive and total >= PROGRESS_MIN_BYTES
+        else None
+    )
+    with progress or contextlib.nullcontext():
+        done = 0
+        for path in args.files:
+            report = None
+            if progress is not None:
+                task = progress.add_task(os.path.basename(path), total=total)
+                base = done
+
+                def report(pos: int, task=task, base=base) -> None:
+                    progress.update(task, completed=base + pos)
+
+            try:
+                scanner.scan_path(path, progress=report)
+            except NotAuditData as err:
+                error(str(err))
+                status = EXIT_INPUT
+            except OSError as err:
+                error(f"{path}: {err.strerror or err}")
+                status = EXIT_INPUT
+            done += sizes[path]
+    sys.stdout.flush()
+    rejects.finish()
+    if args.stats or (args.stats is None and interactive):
+        _print_summary(scanner.stats)
+    return status
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0
+
+
+def _print_summary(stats: ScanStats) -> None:
+    console = Console(stderr=True)
+    totals = Table(title="eventd scan", show_header=False)
+    totals.add_column("what")
+    totals.add_column("count", justify="right")
+    for label, value in (
+        ("files", stats.files),
+        ("lines read", stats.lines),
+        ("lines parsed", stats.parsed),
+        ("lines skipped by prefilter", stats.skipped),
+        ("events decoded", stats.events),
+        ("rejected", stats.rejected),
+        ("alerts", stats.alerts),
+    ):
+        totals.add_row(label, f"{value:,}")
+    for reason, count in stats.reject_reasons.most_common():
+        totals.add_row(f"  rejected: {reason}", f"{count:,}")
+    console.print(totals)
+    if stats.by_rule:
+        per_rule = Table(title="alerts per rule")
+        per_rule.add_column("rule")
+        per_rule.add_column("alerts", justify="right")
+        for rule, count in stats.by_rule.most_common():
+            per_rule.add_row(rule, f"{count:,}")
+        console.print(per_rule)

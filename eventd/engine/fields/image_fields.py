@@ -1,0 +1,270 @@
+"""Image-aware fields: container images parsed the way the runtime parses them.
+
+Upstream's only image field besides the raw string is ``image.repository``,
+a naive split that loses the registry port and never normalises, so
+allow-lists must list every spelling of every image.  These fields expose
+the parts of each reference as ``eventd.images.parse`` sees them, so a rule
+can say ``ka.req.pod.images.name in (docker.io/library/nginx)`` or
+``ka.req.pod.images.pinned intersects (false)``.
+
+Conventions (k8saudit-fields.md §4.1, §4.4, §4.5):
+
+* one entry per container, in container order, so ``[N]`` is container N
+  and values line up with ``...image``; a container without an image is
+  parsed as ``""`` (invalid), never dropped;
+* invalid references give ``""`` for the parsed parts and ``valid=false``;
+* ``tag`` / ``digest`` are ``""`` in the list when absent, and the ``[N]``
+  form is missing when container N has none;
+* booleans are ``"true"`` / ``"false"``;
+* ``ka.req.pod.*`` read the request's pod spec, ``ka.resp.pod.*`` the
+  response's (after admission: mutated and digest-pinned images show there);
+  ``...pod.images.*`` cover containers, then init, then ephemeral ones.
+
+Each event's references are parsed once per (side, family) and kept in
+``Event.cache`` under private keys; parsing itself is cached by string.
+
+The ``falco`` source gets scalar twins (``container.image.*``) built from
+the alert's ``output_fields``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eventd import images
+from eventd.engine.fields.base import ArgKind, Extracted, Extractor, FieldDef
+from eventd.engine.fields.jsonfields import to_text
+from eventd.engine.fields.k8saudit import (
+    ALL,
+    CONTAINER_FAMILIES,
+    at,
+    audited,
+    per_item,
+    repository,
+)
+from eventd.engine.fields.podspec import request_pod_spec, response_pod_spec
+from eventd.events.model import Event
+
+Refs = tuple[images.ImageRef, ...]
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+_Getter = Callable[[images.ImageRef], Any]
+#: attribute -> (its value in the list form, its value in the [N] form).
+#: They differ for tag and digest only: absent is "" in a list, missing alone.
+_ATTRS: dict[str, tuple[Callable[[images.ImageRef], str], _Getter]] = {}
+_UNSET = object()
+
+
+def _attr(name: str, get: _Getter, optional: bool = False) -> None:
+    def listed(ref: images.ImageRef) -> str:
+        v = get(ref)
+        return _flag(v) if type(v) is bool else (v or "")
+
+    _ATTRS[name] = (listed, get if optional else listed)
+
+
+_attr("registry", lambda r: r.registry)
+_attr("name", lambda r: r.name)
+_attr("path", lambda r: r.path)
+_attr("familiar", lambda r: r.familiar)
+_attr("tag", lambda r: r.tag, optional=True)
+_attr("digest", lambda r: r.digest, optional=True)
+_attr("pinned", lambda r: r.pinned)
+_attr("valid", lambda r: r.valid)
+_attr("implicit_latest", lambda r: r.implicit_latest)
+_attr("has_port", lambda r: r.has_port)
+_attr("is_ip", lambda r: r.is_ip)
+
+_DESCS = {
+    "registry": "registry (docker.io when implied)",
+    "name": "normalised name registry/path",
+    "path": "repository path",
+    "familiar": "short familiar name",
+    "tag": "explicit tag ('' when none; [N] missing when none)",
+    "digest": "digest ('' when none; [N] missing when none)",
+    "pinned": "true when pinned by digest",
+    "valid": "true when the reference is valid",
+    "implicit_latest": "true when neither tag nor digest is given",
+    "has_port": "true when the registry has a port",
+    "is_ip": "true when the registry is an IP address",
+}
+
+
+def _image_text(container: Any) -> str:
+    if type(container) is dict:
+        image = container.get("image")
+        if image is not None:
+            return to_text(image)
+    return ""
+
+
+def _family_refs(
+    spec_of: Callable[[Event], Any], family: str, cache_key: object
+) -> Callable[[Event], Refs | None]:
+    """Parsed references of one container family, once per event."""
+    parse = images.parse
+    unset = _UNSET
+
+    def refs(ev: Event) -> Refs | None:
+        cache = ev.cache
+        got = cache.get(cache_key, unset)
+        if got is unset:
+            got = None
+            if audited(ev.doc):
+                spec = spec_of(ev)
+                containers = spec.get(family) if type(spec) is dict else None
+                if type(containers) is list:
+                    got = tuple(parse(_image_text(c)) for c in containers)
+            cache[cache_key] = got
+        return got
+
+    return refs
+
+
+def _all_refs(parts: list[Callable[[Event], Refs | None]]) -> Callable[[Event], Refs | None]:
+    """References of every family together: containers, init, ephemeral."""
+
+    def refs(ev: Event) -> Refs | None:
+        found = [r for r in (part(ev) for part in parts) if r is not None]
+        return sum(found, ()) if found else None
+
+    return refs
+
+
+def _attr_extractor(refs: Callable[[Event], Refs | None], attr: str) -> Extractor:
+    listed, single = _ATTRS[attr]
+
+    def extract(ev: Event, index: int | None) -> Extracted:
+        got = refs(ev)
+        if not got:
+            return None
+        if index is None:
+            return tuple(map(listed, got))
+        if index >= len(got):
+            return None
+        v = single(got[index])
+        return None if v is None else (v,)
+
+    return extract
+
+
+def _attr_defs(prefix: str, what: str, refs: Callable[[Event], Refs | None]) -> list[FieldDef]:
+    return [
+        FieldDef(
+            f"{prefix}.{attr}",
+            f"{what}: {desc}.",
+            _attr_extractor(refs, attr),
+            is_list=True,
+            arg=ArgKind.INDEX,
+            rhs_normalizer=images.normalize_prefix if attr == "name" else None,
+        )
+        for attr, desc in _DESCS.items()
+    ]
+
+
+def _k8s_fields() -> list[FieldDef]:
+    out: list[FieldDef] = []
+    sides = (("req", "request", request_pod_spec), ("resp", "response", response_pod_spec))
+    for side, side_desc, spec_of in sides:
+        per_family = []
+        for family in CONTAINER_FAMILIES:
+            refs = _family_refs(spec_of, family, object())
+            per_family.append(refs)
+            prefix = f"ka.{side}.pod.{family}.image"
+            what = f"{side_desc} {family} images"
+            out += _attr_defs(prefix, what, refs)
+            if side == "resp":  # the request twins of these two are k8saudit fields
+                out += [
+                    FieldDef(
+                        prefix,
+                        f"{what} as written.",
+                        per_item(spec_of, family, at("image"), ALL),
+                        is_list=True,
+                        arg=ArgKind.INDEX,
+                    ),
+                    FieldDef(
+                        f"{prefix}.repository",
+                        f"{what} without tag and digest (port kept).",
+                        per_item(spec_of, family, repository, ALL),
+                        is_list=True,
+                        arg=ArgKind.INDEX,
+                    ),
+                ]
+        out += _attr_defs(
+            f"ka.{side}.pod.images", f"{side_desc} images of every container kind", _all_refs(per_family)
+        )
+    return out
+
+
+#: For the ``k8s_audit`` source.
+FIELDS = _k8s_fields()
+
+
+# ---------------------------------------------------------------- Falco twins
+
+_ALERT_KEY = object()
+_ABSENT = (None, "", "<NA>")
+
+
+def _present(value: Any) -> str | None:
+    return value if type(value) is str and value not in _ABSENT else None
+
+
+def _alert_ref(ev: Event) -> images.ImageRef | None:
+    """The alert's image: ``container.image`` if given, else rebuilt from
+    ``container.image.repository`` + ``:tag`` + ``@digest``."""
+    cache = ev.cache
+    got = cache.get(_ALERT_KEY, _UNSET)
+    if got is _UNSET:
+        got = None
+        doc = ev.doc
+        fields = doc.get("output_fields") if type(doc) is dict else None
+        if type(fields) is dict:
+            ref = _present(fields.get("container.image"))
+            if ref is None:
+                ref = _present(fields.get("container.image.repository"))
+                if ref is not None:
+                    tag = _present(fields.get("container.image.tag"))
+                    digest = _present(fields.get("container.image.digest"))
+                    ref += (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+            if ref is not None:
+                got = images.parse(ref)
+        cache[_ALERT_KEY] = got
+    return got
+
+
+def _alert_extractor(attr: str) -> Extractor:
+    single = _ATTRS[attr][1]
+
+    def extract(ev: Event, _arg: None) -> str | None:
+        ref = _alert_ref(ev)
+        return None if ref is None else single(ref)
+
+    return extract
+
+
+#: For the ``falco`` source: scalar twins of the audit image fields.
+FALCO_FIELDS = [
+    FieldDef(
+        f"container.image.{attr}",
+        f"The alert's container image: {_DESCS[attr]}.",
+        _alert_extractor(attr),
+        rhs_normalizer=images.normalize_prefix if attr == "name" else None,
+    )
+    for attr in (
+        "registry",
+        "name",
+        "path",
+        "familiar",
+        "tag",
+        "digest",
+        "pinned",
+        "valid",
+        "implicit_latest",
+    )
+]

@@ -1,0 +1,308 @@
+"""Which rules can possibly fire on an event, decided without running them.
+
+Rules are analysed once, at load time, for *necessary* conditions: the
+values cheap single-valued fields must have (``ka.verb in (create, update)``,
+``ka.target.resource = pods``, ``not ka.target.subresource exists``).  Two
+things are built from them:
+
+* ``RuleIndex``: per event, the tuple of indexed field values is looked up in
+  a memo that maps it to the candidate rules, so an event meets only the
+  rules that could fire on it and 1,000 rules cost little more than 10.  Each
+  candidate carries a residual predicate without the checks the lookup
+  already guaranteed.
+* ``Prefilter``: the same lookup fed from a header decoded off the raw line
+  (``events.header``), so lines no rule can match skip the full JSON decode.
+  It asks the index itself, so it is exactly equivalent to decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or
+from eventd.engine.compiler import compile_condition
+from eventd.engine.fields.base import BoundField, FieldDef, FieldSet
+from eventd.engine.ruleset import Rule
+from eventd.events.header import HEADER_FIELDS, UNSET, HeaderError, decode_header, key_reader
+from eventd.events.model import FALCO, K8S_AUDIT, Event
+
+#: field name -> the values it must take for the rule to fire (``None``: missing).
+Requirements = dict[str, frozenset[str | None]]
+
+_MEMO_LIMIT = 65536
+
+
+def _static_def(fields: FieldSet, ref: FieldRef) -> FieldDef | None:
+    if ref.arg is not None or ref.transformers:
+        return None
+    return fields.defs.get(ref.name)
+
+
+def satisfying_values(
+    node: Node, keep: Callable[[FieldRef], bool]
+) -> tuple[str, frozenset[str | None]] | None:
+    """``(field, values)`` when ``node`` tests one kept field only and is true
+    exactly when that field's value (``None`` for missing) is in ``values``;
+    ``None`` when that cannot be said (other fields, other operators)."""
+    if isinstance(node, Check):
+        if not keep(node.field):
+            return None
+        if node.op == "=" and isinstance(node.value, str):
+            return node.field.name, frozenset((node.value,))
+        if node.op in ("in", "intersects") and isinstance(node.value, tuple):
+            return node.field.name, frozenset(node.value)
+        return None
+    if isinstance(node, Not):
+        inner = node.child
+        if isinstance(inner, Not):
+            return satisfying_values(inner.child, keep)
+        if isinstance(inner, Check) and inner.op == "exists" and keep(inner.field):
+            return inner.field.name, frozenset((None,))
+        return None
+    if isinstance(node, And | Or):
+        parts = [satisfying_values(c, keep) for c in node.children]
+        if not parts or any(p is None for p in parts) or len({p[0] for p in parts}) != 1:  # type: ignore[index]
+            return None
+        sets = [p[1] for p in parts]  # type: ignore[index]
+        combined = frozenset.intersection(*sets) if isinstance(node, And) else frozenset.union(*sets)
+        return parts[0][0], combined  # type: ignore[index]
+    return None
+
+
+def necessary_values(node: Node, keep: Callable[[FieldRef], bool]) -> Requirements:
+    """Values that fields accepted by ``keep`` must take for ``node`` to be true."""
+    exact = satisfying_values(node, keep)
+    if exact is not None:
+        return {exact[0]: exact[1]}
+    if isinstance(node, And):
+        merged: Requirements = {}
+        for child in node.children:
+            for name, allowed in necessary_values(child, keep).items():
+                merged[name] = merged[name] & allowed if name in merged else allowed
+        return merged
+    if isinstance(node, Or):
+        parts = [necessary_values(child, keep) for child in node.children]
+        common = set(parts[0]).intersection(*parts[1:]) if parts else set()
+        return {name: frozenset().union(*(p[name] for p in parts)) for name in common}
+    if isinstance(node, Not) and isinstance(node.child, Not):
+        return necessary_values(node.child.child, keep)
+    return {}
+
+
+def _conjuncts(node: Node) -> list[Node]:
+    if isinstance(node, And):
+        return [c for child in node.children for c in _conjuncts(child)]
+    return [node]
+
+
+def residual_condition(node: Node, guaranteed: Requirements, keep: Callable[[FieldRef], bool]) -> Node | None:
+    """``node`` without the conjuncts that ``guaranteed`` already makes true.
+
+    The index only offers a rule to events whose indexed fields have values
+    in the rule's requirements, so re-testing ``ka.verb = create`` there is
+    wasted work.  ``None`` means nothing is left to test.
+    """
+    kept = []
+    for conjunct in _conjuncts(node):
+        exact = satisfying_values(conjunct, keep)
+        if exact is None or exact[0] not in guaranteed or not guaranteed[exact[0]] <= exact[1]:
+            kept.append(conjunct)
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else And(tuple(kept))
+
+
+def _always(_event: Event) -> bool:
+    return True
+
+
+Candidate = tuple[Rule, Callable[[Event], bool]]
+#: A need on a field kept out of the memo key: (position in the field
+#: tuple, allowed values).
+_Check = tuple[int, frozenset[str | None]]
+_Entry = tuple[Rule, Callable[[Event], bool], tuple[_Check, ...]]
+
+#: Fields with many distinct values (object names, namespaces, users): a memo
+#: keyed on them would mostly miss, so they are checked per candidate with a
+#: set lookup instead.
+HIGH_CARDINALITY = frozenset({"ka.target.name", "ka.target.namespace", "ka.user.name"})
+
+
+class RuleIndex:
+    """Candidate rules of one source, memoised by the values of indexed fields.
+
+    The memo is keyed on low-cardinality fields (verb, resource, stage...);
+    needs on high-cardinality fields are checked per candidate.  Each
+    candidate comes with its *residual* predicate: the rule's condition
+    minus what the index already guaranteed.
+    """
+
+    def __init__(self, rules: Sequence[Rule], fields: FieldSet) -> None:
+        self.rules = tuple(rules)
+
+        def indexable(ref: FieldRef) -> bool:
+            d = _static_def(fields, ref)
+            return d is not None and d.indexable and not d.is_list
+
+        reqs = [necessary_values(r.condition, indexable) for r in self.rules]
+        used = {name for r in reqs for name in r}
+        low = sorted(used - HIGH_CARDINALITY)
+        high = sorted(used & HIGH_CARDINALITY)
+        #: Indexed fields: the memo's key fields, then the per-candidate ones.
+        self.fields: tuple[BoundField, ...] = tuple(fields.bind(FieldRef(n)) for n in (*low, *high))
+        self.memo_width = len(low)
+        self._getters = tuple(f.get for f in self.fields)
+        self._allowed = [tuple(r.get(n) for n in low) for r in reqs]
+        self._entries: tuple[_Entry, ...] = tuple(
+            (
+                rule,
+                _residual_predicate(rule, req, indexable, fields),
+                tuple((i, req[n]) for i, n in enumerate(high) if n in req),
+            )
+            for rule, req in zip(self.rules, reqs, strict=True)
+        )
+        self.memo: dict[tuple[object, ...], _Bucket] = {}
+
+    def candidates(self, event: Event) -> list[Candidate]:
+        values = tuple(get(event) for get in self._getters)
+        return self.candidates_for(values[: self.memo_width], values[self.memo_width :])
+
+    def candidates_for(self, low: tuple[str | None, ...], high: tuple[str | None, ...]) -> list[Candidate]:
+        """Candidates for the values of ``self.fields`` (memo part, then the rest)."""
+        return self.memo_lookup(low).select(high)
+
+    def memo_lookup(self, key: tuple[str | None, ...]) -> _Bucket:
+        """Rules whose needs on the memo's key fields ``key`` meets."""
+        found = self.memo.get(key)
+        if found is None:
+            if len(self.memo) >= _MEMO_LIMIT:
+                self.memo.clear()
+            found = self.memo[key] = _Bucket(
+                entry
+                for entry, allowed in zip(self._entries, self._allowed, strict=True)
+                if all(a is None or v in a for a, v in zip(allowed, key, strict=True))
+            )
+        return found
+
+
+class _Bucket:
+    """The rules of one memo key, with needs on high-cardinality fields
+    turned into dictionary lookups (namespace -> rules), so a thousand
+    per-team rules cost one lookup, not a thousand comparisons."""
+
+    __slots__ = ("_keyed", "_plain")
+
+    def __init__(self, entries: Iterable[_Entry]) -> None:
+        self._plain: list[Candidate] = []
+        self._keyed: dict[int, dict[str | None, list[_Entry]]] = {}
+        for rule, predicate, checks in entries:
+            if not checks:
+                self._plain.append((rule, predicate))
+                continue
+            (position, allowed), rest = checks[0], checks[1:]
+            table = self._keyed.setdefault(position, {})
+            for value in allowed:
+                table.setdefault(value, []).append((rule, predicate, rest))
+
+    def __bool__(self) -> bool:
+        return bool(self._plain or self._keyed)
+
+    def select(self, high: tuple[str | None, ...]) -> list[Candidate]:
+        if not self._keyed:
+            return self._plain
+        found = list(self._plain)
+        for position, table in self._keyed.items():
+            for rule, predicate, rest in table.get(high[position], ()):
+                if all(high[i] in allowed for i, allowed in rest):
+                    found.append((rule, predicate))
+        if len(found) > len(self._plain):
+            found.sort(key=lambda c: c[0].order)  # load order decides first-match
+        return found
+
+
+def _residual_predicate(
+    rule: Rule, guaranteed: Requirements, keep: Callable[[FieldRef], bool], fields: FieldSet
+) -> Callable[[Event], bool]:
+    rest = residual_condition(rule.condition, guaranteed, keep)
+    if rest is None:
+        return _always
+    if rest is rule.condition:
+        return rule.predicate
+    return compile_condition(rest, fields)
+
+
+class Prefilter:
+    """Rules a raw line out before the full JSON decode, exactly.
+
+    The line's header (see ``events.header``) gives the values of the
+    indexed fields; if the audit index has no candidate rule for them, no
+    rule can match the event and the full decode is skipped.  The answer is
+    the index's own, so it can never differ from what matching the fully
+    decoded event would give.
+    """
+
+    __slots__ = ("_audit", "_has_falco_rules", "_memo", "_missing", "_read_high", "_read_low")
+
+    def __init__(self, audit: RuleIndex | None, has_falco_rules: bool) -> None:
+        self._audit = audit
+        names = () if audit is None else tuple(f.ref.name for f in audit.fields)
+        width = 0 if audit is None else audit.memo_width
+        self._read_low = key_reader(names[:width])
+        self._read_high = key_reader(names[width:])
+        self._missing = ((None,) * width, (None,) * (len(names) - width))
+        self._has_falco_rules = has_falco_rules
+        self._memo = {} if audit is None else audit.memo  # read directly: this is the hot path
+
+    @classmethod
+    def build(cls, indexes: dict[str, RuleIndex]) -> Prefilter | None:
+        """A prefilter, or None when the index reads a field no header carries."""
+        audit = indexes.get(K8S_AUDIT)
+        if audit is not None and any(f.ref.name not in HEADER_FIELDS for f in audit.fields):
+            return None
+        return cls(audit, FALCO in indexes)
+
+    def skippable(self, line: bytes) -> bool:
+        """True when no rule can match any event in ``line``.
+
+        Anything unusual (not JSON, an array, an ``EventList``, neither an
+        audit event nor a Falco alert) is left to the full decoder, which
+        reports what is wrong with it.
+        """
+        try:
+            header = decode_header(line)
+        except HeaderError:
+            return False
+        if header.kind == "Event":
+            audit = self._audit
+            if audit is None:
+                return True
+            # Without an auditID every ka.* field is missing (as in Falco).
+            if header.auditID is UNSET:
+                low, high = self._missing
+            else:
+                low = self._read_low(header)
+                bucket = self._memo.get(low)
+                if bucket is None:
+                    bucket = audit.memo_lookup(low)
+                if not bucket:  # the common case: nothing can fire
+                    return True
+                high = self._read_high(header)
+            return not audit.candidates_for(low, high)
+        if header.is_falco_alert():
+            return not self._has_falco_rules
+        return False
+        if header.is_audit_event():
+            if self._audit is None:
+                return True
+            # Without an auditID every ka.* field is missing (as in Falco).
+            if header.auditID is UNSET:
+                low, high = self._missing
+            else:
+                low = self._read_low(header)
+                if not self._audit.memo_lookup(low):  # the common case: done
+                    return True
+                high = self._read_high(header)
+            return not self._audit.candidates_for(low, high)
+        if header.is_falco_alert():
+            return not self._has_falco_rules
+        return False

@@ -1,0 +1,70 @@
+"""Evaluate a rule set against events: index lookup, then compiled predicates.
+
+This is plain synchronous code on purpose: it is pure CPU work, called in
+batches by the daemon's consumer task and in a tight loop by ``eventd scan``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import structlog
+
+from eventd.engine.fields import default_registry
+from eventd.engine.fields.base import Registry
+from eventd.engine.index import Prefilter, RuleIndex
+from eventd.engine.ruleset import Rule, RuleSet
+from eventd.events.model import Event
+
+log = structlog.get_logger(__name__)
+
+RULE_MATCHING = ("first", "all")
+
+
+class Matcher:
+    """Matches events against one immutable ``RuleSet``.
+
+    ``rule_matching="first"`` stops at the first matching rule in load order,
+    as Falco does by default; ``"all"`` reports every matching rule.
+    A rule whose predicate raises (a bug, never expected) is counted in
+    ``errors`` and skipped; the event still meets the other rules.
+    """
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        registry: Registry | None = None,
+        *,
+        rule_matching: str = "first",
+    ) -> None:
+        if rule_matching not in RULE_MATCHING:
+            raise ValueError(f"rule_matching must be one of {RULE_MATCHING}, not {rule_matching!r}")
+        self.ruleset = ruleset
+        self.first_only = rule_matching == "first"
+        registry = registry or default_registry()
+        by_source: dict[str, list[Rule]] = {}
+        for rule in ruleset.rules:
+            by_source.setdefault(rule.source, []).append(rule)
+        self.indexes = {
+            source: RuleIndex(rules, registry.fieldset(source)) for source, rules in by_source.items()
+        }
+        self.prefilter: Prefilter | None = Prefilter.build(self.indexes)
+        self.errors: Counter[str] = Counter()
+
+    def match(self, event: Event) -> list[Rule]:
+        index = self.indexes.get(event.source)
+        if index is None:
+            return []
+        matched: list[Rule] = []
+        for rule, predicate in index.candidates(event):
+            try:
+                hit = predicate(event)
+            except Exception:  # a field extractor bug must not stop the stream
+                self.errors[rule.name] += 1
+                log.exception("rule_evaluation_failed", rule=rule.name)
+                continue
+            if hit:
+                matched.append(rule)
+                if self.first_only:
+                    break
+        return matched

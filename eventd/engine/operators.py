@@ -1,0 +1,287 @@
+"""Comparison operators as predicate factories.
+
+Each factory takes the right-hand side once, at compile time (already
+normalised into the field's value space), precomputes what it can (sets,
+compiled patterns, parsed numbers) and returns a predicate over **one
+present scalar**.  Missing values and list-valued fields are the compiler's
+business: it tests ``None`` once and maps a predicate over list values, so
+the predicates here never see ``None`` or a tuple.
+
+Typing follows Falco (falco-rules-language.md §7): every ``ka.*``/``json.*``
+value is a string, so comparisons are textual; Falco alert ``output_fields``
+keep their JSON types, so an ``int``/``float`` value compares numerically with
+a numeric right-hand side, and a ``bool`` compares as ``true``/``false``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import TypeAlias
+
+from eventd.engine.errors import RuleError
+from eventd.engine.pathprefix import PathPrefixSet
+
+Scalar: TypeAlias = str | int | float | bool
+ScalarPredicate: TypeAlias = Callable[[Scalar], bool]
+
+#: Decimal numbers as Falco writes them (sign, fraction, exponent).  The
+#: exponent sign is optional here, a superset of Falco's ``[eE][+-]``.
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+_HEX_BYTES = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number ``text`` spells (decimal or ``0x`` hex), else ``None``."""
+    if _HEX.fullmatch(text):
+        return int(text, 16)
+    if _DECIMAL.fullmatch(text):
+        if "." in text or "e" in text or "E" in text:
+            return float(text)
+        return int(text)
+    return None
+
+
+def text_of(value: Scalar) -> str:
+    """A scalar as the text Falco compares: JSON spelling for booleans."""
+    if value.__class__ is str:
+        return value  # type: ignore[return-value]
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+def _is_number(value: Scalar) -> bool:
+    return value.__class__ is not bool and isinstance(value, int | float)
+
+
+# -- equality and ordering ---------------------------------------------------
+
+
+def _equals(rhs: str) -> ScalarPredicate:
+    number = parse_number(rhs)
+
+    def equals(value: Scalar) -> bool:
+        if value.__class__ is str:
+            return value == rhs
+        if number is not None and _is_number(value):
+            return value == number
+        return text_of(value) == rhs
+
+    return equals
+
+
+def _not_equals(rhs: str) -> ScalarPredicate:
+    equals = _equals(rhs)
+
+    def not_equals(value: Scalar) -> bool:
+        if value.__class__ is str:
+            return value != rhs
+        return not equals(value)
+
+    return not_equals
+
+
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def _ordering(op: str, rhs: str) -> ScalarPredicate:
+    compare = _ORDER[op]
+    number = parse_number(rhs)
+
+    def ordered(value: Scalar) -> bool:
+        if value.__class__ is str:
+            return compare(value, rhs)
+        if number is not None and _is_number(value):
+            return compare(value, number)
+        return compare(text_of(value), rhs)
+
+    return ordered
+
+
+# -- substrings, bytes, patterns ---------------------------------------------
+
+
+# The ``value if value.__class__ is str else text_of(value)`` spelling keeps
+# the common case (a string) free of a function call.
+
+
+def _contains(rhs: str) -> ScalarPredicate:
+    return lambda value: rhs in (value if value.__class__ is str else text_of(value))
+
+
+def _icontains(rhs: str) -> ScalarPredicate:
+    needle = rhs.lower()
+    return lambda value: needle in (value if value.__class__ is str else text_of(value)).lower()
+
+
+def _startswith(rhs: str) -> ScalarPredicate:
+    return lambda value: (value if value.__class__ is str else text_of(value)).startswith(rhs)
+
+
+def _endswith(rhs: str) -> ScalarPredicate:
+    return lambda value: (value if value.__class__ is str else text_of(value)).endswith(rhs)
+
+
+def _hex_bytes(op: str, rhs: str) -> bytes:
+    if not _HEX_BYTES.fullmatch(rhs):
+        raise RuleError(f"operator '{op}' needs a hex byte string (pairs of hex digits), got '{rhs}'")
+    return bytes.fromhex(rhs)
+
+
+def _bcontains(rhs: str) -> ScalarPredicate:
+    needle = _hex_bytes("bcontains", rhs)
+    return lambda value: needle in text_of(value).encode()
+
+
+def _bstartswith(rhs: str) -> ScalarPredicate:
+    needle = _hex_bytes("bstartswith", rhs)
+    return lambda value: text_of(value).encode().startswith(needle)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """Translate a shell glob into an equivalent regular expression.
+
+    ``*`` is any run of characters and ``?`` any one character, ``/``
+    included (fnmatch(3) without ``FNM_PATHNAME``); ``[...]`` is a bracket
+    set, negated by a leading ``!`` or ``^``, where a ``]`` right after the
+    opening (or the negation) is literal; a ``[`` without its ``]`` is a
+    literal ``[``; outside a set a backslash makes the next character
+    literal, inside one it is an ordinary character.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i < n:
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif c == "[":
+            end = _bracket_end(pattern, i)
+            if end < 0:
+                out.append(re.escape(c))
+                continue
+            body = pattern[i:end]
+            negate = body[:1] in ("!", "^")
+            if negate:
+                body = body[1:]
+            escaped = body.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+            escaped = escaped.replace("^", "\\^")
+            out.append(f"[{'^' if negate else ''}{escaped}]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """Index of the ``]`` closing a bracket set opened before ``start``."""
+    j = start
+    if j < len(pattern) and pattern[j] in "!^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    return pattern.find("]", j)
+
+
+def _glob(rhs: str, flags: int = 0) -> ScalarPredicate:
+    try:
+        match = re.compile(glob_to_regex(rhs), re.DOTALL | flags).fullmatch
+    except re.error as exc:  # e.g. a reversed range such as [z-a]
+        raise RuleError(f"invalid glob pattern '{rhs}': {exc}") from None
+    return lambda value: match(text_of(value)) is not None
+
+
+def _iglob(rhs: str) -> ScalarPredicate:
+    return _glob(rhs, re.IGNORECASE)
+
+
+def _regex(rhs: str) -> ScalarPredicate:
+    try:
+        match = re.compile(rhs).fullmatch
+    except re.error as exc:
+        raise RuleError(f"invalid regular expression '{rhs}': {exc}") from None
+    return lambda value: match(text_of(value)) is not None
+
+
+# -- sets ----------------------------------------------------------------------
+
+
+def set_predicate(items: Iterable[str]) -> ScalarPredicate:
+    """Membership in ``items``, consistent with ``=`` for typed values."""
+    texts = frozenset(items)
+    numbers = frozenset(n for n in map(parse_number, texts) if n is not None)
+
+    def member(value: Scalar) -> bool:
+        if value.__class__ is str:
+            return value in texts
+        if _is_number(value):
+            return value in numbers
+        return text_of(value) in texts
+
+    return member
+
+
+def pmatch_predicate(items: Iterable[str]) -> ScalarPredicate:
+    """Path-prefix match: the value equals an item or lies below one."""
+    contains_prefix_of = PathPrefixSet(items).contains_prefix_of
+    return lambda value: contains_prefix_of(text_of(value))
+
+
+_VALUE_FACTORIES: dict[str, Callable[[str], ScalarPredicate]] = {
+    "=": _equals,
+    "==": _equals,
+    "!=": _not_equals,
+    "<": lambda rhs: _ordering("<", rhs),
+    "<=": lambda rhs: _ordering("<=", rhs),
+    ">": lambda rhs: _ordering(">", rhs),
+    ">=": lambda rhs: _ordering(">=", rhs),
+    "contains": _contains,
+    "icontains": _icontains,
+    "startswith": _startswith,
+    "endswith": _endswith,
+    "bcontains": _bcontains,
+    "bstartswith": _bstartswith,
+    "glob": _glob,
+    "iglob": _iglob,
+    "regex": _regex,
+}
+
+_LIST_FACTORIES: dict[str, Callable[[Iterable[str]], ScalarPredicate]] = {
+    "in": set_predicate,
+    "intersects": set_predicate,
+    "pmatch": pmatch_predicate,
+}
+
+
+def make_predicate(op: str, rhs: str | tuple[str, ...]) -> ScalarPredicate:
+    """The predicate of ``op`` against ``rhs`` over one present scalar.
+
+    ``rhs`` is a string for value operators and a tuple for ``in``,
+    ``intersects`` and ``pmatch``.  Raises ``RuleError`` for a right-hand
+    side the operator cannot use (invalid regex or hex bytes).
+    """
+    if isinstance(rhs, tuple):
+        factory = _LIST_FACTORIES.get(op)
+        if factory is None:
+            raise RuleError(f"operator '{op}' takes a single value, not a list")
+        return factory(rhs)
+    value_factory = _VALUE_FACTORIES.get(op)
+    if value_factory is None:
+        raise RuleError(f"operator '{op}' needs a list of values like (a, b), got '{rhs}'")
+    return value_factory(rhs)
+
+
+#: ``make_predicate`` for right-hand sides only known per event (``val(f)``):
+#: the same few values recur, so their predicates are built once.
+cached_predicate = lru_cache(maxsize=4096)(make_predicate)

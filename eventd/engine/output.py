@@ -1,0 +1,152 @@
+"""Rule outputs: ``%field`` formats compiled once, rendered per alert.
+
+Follows libsinsp's event formatter as Falco drives it: a token is ``%``, an
+optional width (``%20ka.user.name`` pads or cuts to 20 characters), then a
+field, optionally with ``[arg]`` and wrapped in transformers
+(``%toupper(ka.user.name)``).  The field name is the longest known field the
+text starts with, so ``%ka.target.name/%ka.target.resource`` works.  Falco
+always forces the leading ``*``, so a missing value prints ``<NA>`` instead of
+suppressing the alert; list values print ``(a,b)``.  ``output_fields`` maps the
+token text as written to the typed value (lists become Python lists, missing
+values ``None``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from eventd.engine.ast import TRANSFORMERS, FieldRef
+from eventd.engine.errors import FieldError, RuleError
+from eventd.engine.fields.base import BoundField, Extracted, FieldSet
+from eventd.events.model import Event
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+_TRANSFORMER = re.compile(r"([a-z0-9]+)\(")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class UnknownOutputField(FieldError):
+    """An output names no known field; ``skip-if-unknown-filter`` may skip the rule."""
+
+
+def value_text(value: Extracted) -> str:
+    """How a value prints in the output line."""
+    if value is None:
+        return "<NA>"
+    if isinstance(value, tuple):
+        return "(" + ",".join(value_text(v) for v in value) + ")"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _json_value(value: Extracted) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class OutputFormat:
+    """A compiled output format.  Immutable once compiled."""
+
+    __slots__ = ("_parts", "text", "tokens")
+
+    def __init__(self, text: str, parts: tuple[tuple[str, BoundField | None, int], ...]) -> None:
+        self.text = text
+        #: ``(literal, None, 0)`` or ``(token text, bound field, width)``.
+        self._parts = parts
+        self.tokens: tuple[str, ...] = tuple(p[0] for p in parts if p[1] is not None)
+
+    @classmethod
+    def compile(cls, text: str, fields: FieldSet) -> OutputFormat:
+        """Parse and bind ``text``; raise ``RuleError`` (with the offset of the token)."""
+        text = text.strip()
+        parts: list[tuple[str, BoundField | None, int]] = []
+        lit_start = 0
+        i = 0
+        n = len(text)
+        while i < n:
+            if text[i] != "%":
+                i += 1
+                continue
+            if lit_start != i:
+                parts.append((text[lit_start:i], None, 0))
+            if i == n - 1:
+                raise RuleError("invalid formatting syntax: formatting cannot end with a %", offset=i)
+            j = i + 1
+            width = 0
+            m = _DIGITS.match(text, j)
+            if m is not None:
+                if m.end() == n:
+                    raise RuleError(
+                        "invalid formatting syntax: formatting cannot end with a number", offset=i
+                    )
+                width = int(m.group())
+                j = m.end()
+            try:
+                ref, end = _parse_token(text, j, fields)
+                bound = fields.bind(ref)
+            except RuleError as err:
+                raise err.located(offset=i) from None
+            parts.append((text[j:end], bound, width))
+            i = lit_start = end
+        if lit_start < n:
+            parts.append((text[lit_start:], None, 0))
+        return cls(text, tuple(parts))
+
+    def render(self, event: Event) -> tuple[str, dict[str, Any]]:
+        """The output line for ``event`` and its ``output_fields`` (a fresh dict)."""
+        pieces: list[str] = []
+        values: dict[str, Any] = {}
+        for token, bound, width in self._parts:
+            if bound is None:
+                pieces.append(token)
+                continue
+            value = bound.get(event)
+            values[token] = _json_value(value)
+            shown = value_text(value)
+            if width:
+                shown = shown[:width].ljust(width)
+            pieces.append(shown)
+        return "".join(pieces), values
+
+    def __repr__(self) -> str:
+        return f"OutputFormat({self.text!r})"
+
+
+def _parse_token(text: str, pos: int, fields: FieldSet) -> tuple[FieldRef, int]:
+    """Read one field reference at ``pos``; return it and where it ends."""
+    m = _TRANSFORMER.match(text, pos)
+    if m is not None and m.group(1) in TRANSFORMERS:
+        inner, end = _parse_token(text, m.end(), fields)
+        if end >= len(text) or text[end] != ")":
+            raise FieldError(f"invalid formatting token '{text[pos:end]}': missing ')'")
+        return FieldRef(inner.name, inner.arg, (m.group(1), *inner.transformers)), end + 1
+    m = _NAME.match(text, pos)
+    name = _known_prefix(m.group(), fields) if m is not None else None
+    if name is None:
+        shown = m.group() if m is not None else text[pos : pos + 20]
+        raise UnknownOutputField(
+            f"invalid formatting token '%{shown}': no such field for source {fields.source}"
+        )
+    end = pos + len(name)
+    arg = None
+    if end < len(text) and text[end] == "[":
+        close = text.find("]", end + 1)
+        if close == -1:
+            raise FieldError(f"invalid formatting token '{text[pos:]}': missing ']'")
+        arg = text[end + 1 : close]
+        if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "\"'":
+            arg = arg[1:-1]
+        end = close + 1
+    return FieldRef(name, arg), end
+
+
+def _known_prefix(candidate: str, fields: FieldSet) -> str | None:
+    """``candidate`` if it is a field, else the longest declared field it starts with."""
+    if fields.lookup(candidate) is not None:
+        return candidate
+    best = None
+    for name in fields.defs:
+        if candidate.startswith(name) and (best is None or len(name) > len(best)):
+            best = name
+    return best

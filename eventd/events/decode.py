@@ -1,0 +1,36 @@
+"""Bytes -> events: one line or one request body, audit data or a Falco alert.
+
+The kind of input is detected per document, because a file or a Kafka topic
+may mix both (``falco -o json_output=true`` next to an audit log).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from eventd.events.audit import NOT_AUDIT, audit_events, looks_like_audit
+from eventd.events.errors import DecodeError
+from eventd.events.falco_json import falco_alert_event, looks_like_falco_alert
+from eventd.events.model import Event
+
+
+def decode_document(data: bytes | str, origin: str = "file") -> tuple[list[Event], list[DecodeError]]:
+    """Decode one JSON document into events plus per-event errors.
+
+    Raises ``DecodeError`` when the document is not JSON, or is neither audit
+    data nor a Falco alert.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise DecodeError("json", f"invalid JSON: {err}") from None
+    return decode_object(obj, origin)
+
+
+def decode_object(obj: object, origin: str = "file") -> tuple[list[Event], list[DecodeError]]:
+    """Like ``decode_document`` for an already decoded JSON value."""
+    if looks_like_falco_alert(obj):
+        return [falco_alert_event(obj, origin)], []
+    if looks_like_audit(obj) or isinstance(obj, list):
+        return audit_events(obj, origin)
+    raise DecodeError("not_audit", f"{NOT_AUDIT} (nor a Falco alert)")

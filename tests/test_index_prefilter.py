@@ -1,0 +1,192 @@
+"""The rule index and the raw-bytes prefilter must never change what matches.
+
+The decisive test is differential: scanning with the prefilter and index
+gives exactly the alerts of scanning every line with every rule.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventd.engine.loader import load_rules_text
+from eventd.engine.matcher import Matcher
+from eventd.events.decode import decode_object
+from eventd.rulepacks import builtin_rule_files
+from eventd.scanner import Scanner
+from tests.builders import audit_event, falco_alert, lease_renewal, pod
+
+RULES = """
+- rule: Untrusted pod image
+  desc: d
+  condition: >
+    ka.target.resource = pods and ka.verb = create
+    and not ka.req.pod.containers.image.repository in (nginx, "gcr.io/p/app")
+  output: image %ka.req.pod.containers.image
+  priority: WARNING
+  source: k8s_audit
+- rule: Secret read
+  desc: d
+  condition: ka.target.resource in (secrets) and ka.verb in (get, list) and ka.user.name != admin
+  output: secret %ka.target.name by %ka.user.name
+  priority: NOTICE
+  source: k8s_audit
+- rule: Delete in prod
+  desc: d
+  condition: (ka.target.namespace = prod or ka.target.namespace = "kube/system") and ka.verb = delete
+  output: delete %ka.target.name
+  priority: ERROR
+  source: k8s_audit
+- rule: Falco alert with image
+  desc: d
+  condition: container.image.repository exists and container.image.repository startswith docker.io/
+  output: falco %container.image.repository
+  priority: INFO
+  source: falco
+"""
+
+
+def _ruleset(text: str = RULES):
+    return load_rules_text([("test.yaml", text)])
+
+
+def _skippable(doc_or_line, ruleset=None) -> bool:
+    pre = Matcher(ruleset or _ruleset()).prefilter
+    assert pre is not None
+    line = doc_or_line if isinstance(doc_or_line, bytes) else orjson.dumps(doc_or_line)
+    return pre.skippable(line)
+
+
+def test_prefilter_rules_out_lines_no_rule_can_match() -> None:
+    assert _skippable(lease_renewal())
+    assert _skippable(audit_event(resource="pods", verb="list"))
+    assert not _skippable(audit_event(resource="pods", verb="create"))
+    assert not _skippable(audit_event(resource="secrets", verb="get"))
+    assert not _skippable(falco_alert())
+    no_falco_rules = _ruleset(RULES.split("- rule: Falco alert with image")[0])
+    assert _skippable(falco_alert(), no_falco_rules)
+
+
+def test_prefilter_reads_json_exactly() -> None:
+    line = orjson.dumps(audit_event(resource="leases", verb="create"))
+    # An escape spelling "pods" is still "pods".
+    assert not _skippable(line.replace(b'"leases"', b'"\\u0070ods"'))
+    # Whitespace layout does not matter.
+    assert not _skippable(line.replace(b'"resource":"leases"', b'"resource" :  "pods"'))
+    # Duplicate keys: the last one wins, as in the full decoder.
+    pods = orjson.dumps(audit_event(resource="pods", verb="create"))
+    assert not _skippable(pods.replace(b'"verb":"create"', b'"verb":"get","verb":"create"'))
+    assert _skippable(pods.replace(b'"verb":"create"', b'"verb":"create","verb":"get"'))
+    # A "pods" elsewhere in the document is not the resource.
+    assert _skippable(line.replace(b'"userAgent":', b'"note":{"resource":"pods"},"userAgent":'))
+
+
+def test_anything_unusual_is_left_to_the_decoder() -> None:
+    for line in (
+        b"{not json",
+        b"[1, 2]",
+        b'{"kind": "EventList", "items": []}',
+        b'{"hello": 1}',
+        b'{"kind":"Event","objectRef":"pods"}',
+    ):
+        assert not _skippable(line)
+
+
+def test_unconstrained_rule_leaves_nothing_skippable() -> None:
+    text = (
+        RULES
+        + """
+- rule: Anything by bob
+  desc: d
+  condition: ka.user.name startswith bob
+  output: x
+  priority: INFO
+  source: k8s_audit
+"""
+    )
+    assert not _skippable(lease_renewal(), _ruleset(text))
+
+
+def test_residual_predicates_drop_what_the_index_guarantees() -> None:
+    index = Matcher(_ruleset()).indexes["k8s_audit"]
+    (event,), _ = decode_object(audit_event(resource="secrets", verb="get", user="admin"))
+    ((rule, residual),) = index.candidates(event)
+    assert rule.name == "Secret read" and residual is not rule.predicate
+    assert not residual(event) and not rule.predicate(event)
+
+
+def test_index_gives_only_rules_that_can_fire() -> None:
+    matcher = Matcher(_ruleset(), rule_matching="all")
+    (event,), _ = decode_object(lease_renewal())
+    assert matcher.indexes["k8s_audit"].candidates(event) == []
+    (event,), _ = decode_object(audit_event(resource="secrets", verb="get"))
+    assert [r.name for r, _ in matcher.indexes["k8s_audit"].candidates(event)] == ["Secret read"]
+
+
+def _escaping_dumps(obj: object, rnd: random.Random) -> bytes:
+    """JSON text where string characters are randomly written as \\u escapes."""
+    if isinstance(obj, str):
+        chars = [f"\\u{ord(c):04x}" if rnd.random() < 0.3 else json.dumps(c)[1:-1] for c in obj]
+        return ('"' + "".join(chars) + '"').encode()
+    if isinstance(obj, dict):
+        parts = [_escaping_dumps(k, rnd) + b":" + _escaping_dumps(v, rnd) for k, v in obj.items()]
+        return b"{" + b",".join(parts) + b"}"
+    if isinstance(obj, list):
+        return b"[" + b",".join(_escaping_dumps(v, rnd) for v in obj) + b"]"
+    return orjson.dumps(obj)
+
+
+_events = st.builds(
+    audit_event,
+    verb=st.sampled_from(["create", "get", "list", "delete", "update"]),
+    resource=st.sampled_from(["pods", "secrets", "leases", "deployments", "configmaps"]),
+    namespace=st.sampled_from(["prod", "kube/system", "default", "dev"]),
+    user=st.sampled_from(["admin", "alice", "system:node:n1"]),
+    request=st.one_of(
+        st.none(),
+        st.lists(
+            st.sampled_from(["nginx", "gcr.io/p/app", "evil.io/x:1", "reg:5000/a"]), min_size=1, max_size=3
+        ).map(lambda imgs: pod(*imgs)),
+    ),
+)
+_lines = st.lists(
+    st.tuples(st.one_of(_events, st.builds(falco_alert)), st.integers(0, 2**32), st.booleans()),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _scan(lines: list[bytes], ruleset, prefilter: bool) -> list[bytes]:
+    out: list[bytes] = []
+    scanner = Scanner(
+        ruleset, on_alert=lambda a: out.append(a.to_json()), prefilter=prefilter, rule_matching="all"
+    )
+    scanner.scan_lines(lines, "test")
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_lines)
+def test_prefilter_and_index_are_exactly_equivalent(items) -> None:
+    # Pad past the probe window so the prefilter is really in play.
+    lines = [orjson.dumps(lease_renewal()) + b"\n" for _ in range(25)]
+    for doc, seed, escaped in items:
+        text = _escaping_dumps(doc, random.Random(seed)) if escaped else orjson.dumps(doc)
+        lines.append(text + b"\n")
+    for ruleset in (_ruleset(), _builtin()):
+        assert _scan(lines, ruleset, True) == _scan(lines, ruleset, False)
+
+
+_BUILTIN = []
+
+
+def _builtin():
+    if not _BUILTIN:
+        from eventd.engine.loader import load_rules
+
+        _BUILTIN.append(load_rules(builtin_rule_files()))
+    return _BUILTIN[0]

@@ -1,0 +1,332 @@
+"""Operator predicates and the path-prefix trie, tested directly."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventd.engine.errors import RuleError
+from eventd.engine.operators import (
+    cached_predicate,
+    glob_to_regex,
+    make_predicate,
+    parse_number,
+    pmatch_predicate,
+    set_predicate,
+    text_of,
+)
+from eventd.engine.pathprefix import PathPrefixSet
+
+
+def holds(op: str, rhs, value) -> bool:
+    return make_predicate(op, rhs)(value)
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("0", 0),
+        ("42", 42),
+        ("-7", -7),
+        ("+3", 3),
+        ("007", 7),
+        ("1.5", 1.5),
+        ("2.", 2.0),
+        ("1e3", 1000.0),
+        ("1.5e+2", 150.0),
+        ("2E-1", 0.2),
+        ("0x1F", 31),
+        ("0XfF", 255),
+    ],
+)
+def test_parse_number_accepts_decimal_and_hex(text, number):
+    assert parse_number(text) == number
+    assert type(parse_number(text)) is type(number)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "1_000", " 1", "1 ", "0x", "0xg", "nan", "inf", ".5", "1e", "--1"]
+)
+def test_parse_number_rejects_everything_else(text):
+    assert parse_number(text) is None
+
+
+def test_text_of_spells_booleans_as_json():
+    assert [text_of(v) for v in ("x", True, False, 3, 1.5)] == ["x", "true", "false", "3", "1.5"]
+
+
+# -- equality --------------------------------------------------------------------
+
+
+def test_equality_on_strings_is_exact():
+    assert holds("=", "admin", "admin")
+    assert not holds("=", "admin", "Admin")
+    assert not holds("=", "1", "01")  # strings never compare as numbers
+    assert holds("!=", "admin", "root")
+    assert not holds("!=", "admin", "admin")
+
+
+def test_equality_on_numbers_is_numeric_when_rhs_is_a_number():
+    assert holds("=", "5", 5)
+    assert holds("=", "5.0", 5)
+    assert holds("=", "0x10", 16)
+    assert holds("=", "1.5", 1.5)
+    assert holds("==", "05", 5)
+    assert not holds("=", "6", 5)
+    assert holds("!=", "6", 5)
+    assert not holds("!=", "5.0", 5)
+    # a non-numeric right-hand side falls back to text
+    assert not holds("=", "five", 5)
+    assert holds("!=", "five", 5)
+
+
+def test_equality_on_booleans_uses_true_false():
+    assert holds("=", "true", True)
+    assert holds("=", "false", False)
+    assert not holds("=", "1", True)  # a bool is not a number
+    assert not holds("=", "True", True)
+    assert holds("!=", "true", False)
+
+
+# -- ordering --------------------------------------------------------------------
+
+
+def test_ordering_is_numeric_for_numbers():
+    assert holds("<", "10", 9)
+    assert holds("<=", "9", 9)
+    assert holds(">", "0x8", 9)
+    assert holds(">=", "9.5", 10)
+    assert not holds(">", "10", 9)
+
+
+def test_ordering_is_lexicographic_for_strings_as_in_falco():
+    assert holds("<", "9", "10")  # "10" < "9" as text
+    assert not holds(">", "9", "10")
+    assert holds(">=", "abc", "abd")
+    assert holds("<=", "abc", "abc")
+
+
+def test_ordering_falls_back_to_text_for_non_numeric_rhs_or_bools():
+    assert holds("<", "b", 5)  # "5" < "b"
+    assert holds(">", "f", True)  # "true" > "f"
+
+
+# -- substrings and bytes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "rhs", "value", "expected"),
+    [
+        ("contains", "dmi", "admin", True),
+        ("contains", "DMI", "admin", False),
+        ("icontains", "DMI", "admin", True),
+        ("icontains", "x", "admin", False),
+        ("startswith", "ad", "admin", True),
+        ("startswith", "Ad", "admin", False),
+        ("endswith", "min", "admin", True),
+        ("endswith", "adm", "admin", False),
+        ("contains", "ru", True, True),  # typed values compare as their text
+        ("startswith", "12", 123, True),
+        ("endswith", "", "x", True),
+        ("bcontains", "646d", "admin", True),
+        ("bcontains", "4D", "aMb", True),
+        ("bcontains", "6e6f", "admin", False),
+        ("bstartswith", "6164", "admin", True),
+        ("bstartswith", "646d", "admin", False),
+        ("bcontains", "c3a9", "caf\u00e9", True),  # UTF-8 bytes of the value
+    ],
+)
+def test_substring_operators(op, rhs, value, expected):
+    assert holds(op, rhs, value) is expected
+
+
+@pytest.mark.parametrize("rhs", ["6", "zz", "61 62", "0x61", "6g"])
+@pytest.mark.parametrize("op", ["bcontains", "bstartswith"])
+def test_byte_operators_reject_invalid_hex(op, rhs):
+    with pytest.raises(RuleError, match="hex byte string"):
+        make_predicate(op, rhs)
+
+
+# -- globs and regexes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("*", "", True),
+        ("*", "a/b/c", True),  # * crosses "/"
+        ("/etc/*", "/etc/passwd", True),
+        ("/etc/*", "/etcx", False),
+        ("a?c", "abc", True),
+        ("a?c", "ac", False),
+        ("[ab]x", "bx", True),
+        ("[ab]x", "cx", False),
+        ("[!ab]x", "cx", True),
+        ("[^ab]x", "ax", False),
+        ("[a-c]", "b", True),
+        ("[]]", "]", True),
+        ("[!]]", "a", True),
+        ("[", "[", True),  # unclosed bracket is literal
+        ("a[", "a[", True),
+        (r"\*", "*", True),
+        (r"\*", "x", False),
+        ("a.c", "abc", False),  # regex characters are literal
+        ("a+", "aa", False),
+        ("abc", "xabcx", False),  # whole value
+        ("ABC", "abc", False),
+        ("*\n*", "a\nb", True),
+    ],
+)
+def test_glob(pattern, value, expected):
+    assert holds("glob", pattern, value) is expected
+
+
+def test_iglob_ignores_case():
+    assert holds("iglob", "ABC*", "abcdef")
+    assert holds("iglob", "[A-C]x", "bX")
+    assert not holds("glob", "ABC*", "abcdef")
+
+
+def test_glob_with_reversed_range_is_a_compile_error():
+    with pytest.raises(RuleError, match="invalid glob"):
+        make_predicate("glob", "[z-a]")
+
+
+@given(
+    pattern=st.text(alphabet="ab*?[]!/", max_size=8),
+    value=st.text(alphabet="ab/![]", max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_glob_agrees_with_fnmatch_where_both_define_it(pattern, value):
+    # Without backslashes and "^" Python's fnmatch and eventd's glob share
+    # their rules, so they must agree everywhere.
+    assert holds("glob", pattern, value) is fnmatch.fnmatchcase(value, pattern)
+
+
+def test_glob_to_regex_escapes_regex_syntax():
+    assert glob_to_regex("a.b(c)") == r"a\.b\(c\)"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("a.*", "abc", True),
+        ("b", "abc", False),  # whole value, not a search
+        ("ab", "abc", False),
+        ("abc$", "abc\n", False),  # no "$ before a trailing newline" loophole
+        ("[0-9]+", "123", True),
+        ("(get|list)", "list", True),
+        ("(get|list)", "watch", False),
+        ("1.", 12, True),
+    ],
+)
+def test_regex_matches_the_whole_value(pattern, value, expected):
+    assert holds("regex", pattern, value) is expected
+
+
+def test_invalid_regex_is_a_compile_error():
+    with pytest.raises(RuleError, match="invalid regular expression"):
+        make_predicate("regex", "(")
+
+
+# -- sets and path prefixes -----------------------------------------------------------
+
+
+def test_set_membership_is_consistent_with_equality():
+    member = set_predicate(("a", "5", "0x10", "true", "1.5"))
+    assert member("a")
+    assert not member("A")
+    assert member(5)
+    assert member(16)
+    assert member(1.5)
+    assert member(True)
+    assert not member(False)
+    assert not member("16")  # strings stay strings
+    assert not member(6)
+
+
+def test_intersects_on_a_scalar_is_in():
+    assert holds("intersects", ("a", "b"), "b")
+    assert not holds("intersects", ("a", "b"), "c")
+
+
+@pytest.mark.parametrize(
+    ("entries", "value", "expected"),
+    [
+        (("/etc",), "/etc", True),
+        (("/etc",), "/etc/passwd", True),
+        (("/etc",), "/etcx", False),
+        (("/etc",), "/et", False),
+        (("/etc/",), "/etc/passwd", True),  # trailing "/" ignored
+        (("/etc/",), "/etc", True),
+        (("/",), "/anything", True),
+        (("/",), "relative", False),
+        (("myregistry.io",), "myregistry.io/x", True),
+        (("myregistry.io",), "myregistry.io", True),
+        (("myregistry.io",), "myregistry.io.evil.com/x", False),
+        (("myregistry.io",), "myregistry.iox/x", False),
+        (("docker.io/org",), "docker.io/org-evil/app", False),
+        (("docker.io/org",), "docker.io/org/app", True),
+        (("a/b", "a"), "a/c", True),
+        (("a/b/c",), "a/b", False),
+        ((), "a", False),
+    ],
+)
+def test_pmatch_matches_on_segment_boundaries(entries, value, expected):
+    assert PathPrefixSet(entries).contains_prefix_of(value) is expected
+    if entries:
+        assert pmatch_predicate(entries)(value) is expected
+
+
+def test_path_prefix_set_counts_distinct_entries():
+    assert len(PathPrefixSet(["/a", "/a/", "/b", "/a/c"])) == 3
+
+
+def test_path_prefix_set_with_ten_thousand_entries():
+    entries = [f"registry{i}.example.com/team{i % 7}" for i in range(10_000)]
+    prefixes = PathPrefixSet(entries)
+    assert prefixes.contains_prefix_of("registry9999.example.com/team3/app:1")
+    assert not prefixes.contains_prefix_of("registry9999.example.com/team4/app:1")
+    assert not prefixes.contains_prefix_of("registry10000.example.com/team0/app")
+
+
+def _reference_pmatch(entries: list[str], value: str) -> bool:
+    for entry in entries:
+        base = entry.rstrip("/")
+        if value == base or value.startswith(base + "/"):
+            return True
+    return False
+
+
+@given(
+    entries=st.lists(st.text(alphabet="ab/.", max_size=6), max_size=6),
+    value=st.text(alphabet="ab/.", max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_path_prefix_set_agrees_with_string_reference(entries, value):
+    assert PathPrefixSet(entries).contains_prefix_of(value) is _reference_pmatch(entries, value)
+
+
+def test_pmatch_on_typed_values_uses_their_text():
+    assert holds("pmatch", ("1",), 1)
+
+
+# -- dispatch -------------------------------------------------------------------------
+
+
+def test_make_predicate_checks_the_shape_of_the_rhs():
+    with pytest.raises(RuleError, match="single value"):
+        make_predicate("=", ("a",))
+    with pytest.raises(RuleError, match="list of values"):
+        make_predicate("in", "a")
+
+
+def test_cached_predicate_builds_each_predicate_once():
+    assert cached_predicate("regex", "x+y") is cached_predicate("regex", "x+y")
+    assert cached_predicate("in", ("a", "b"))("b")

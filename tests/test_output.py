@@ -1,0 +1,152 @@
+"""Rule outputs: tokens, widths, transformers, <NA>, list rendering, output_fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from eventd.engine.errors import FieldError, RuleError
+from eventd.engine.fields import default_registry
+from eventd.engine.fields.base import ArgKind, FieldDef, FieldSet
+from eventd.engine.output import OutputFormat, UnknownOutputField, value_text
+from eventd.events.model import K8S_AUDIT, Event
+from tests.builders import audit_event, pod_create
+
+
+def _get(key: str):
+    def extract(ev: Event, arg: Any):
+        value = ev.doc.get(key)
+        if isinstance(value, list):
+            return tuple(value) or None
+        return value
+
+    return extract
+
+
+FIELDS = FieldSet(
+    "test",
+    [
+        FieldDef("t.str", "a string", _get("s")),
+        FieldDef("t.strlong", "a longer name sharing a prefix", _get("long")),
+        FieldDef("t.int", "an integer", _get("i")),
+        FieldDef("t.bool", "a boolean", _get("b")),
+        FieldDef("t.list", "a list", _get("l"), is_list=True),
+        FieldDef("t.key", "keyed", lambda ev, arg: ev.doc.get("m", {}).get(arg), arg=ArgKind.KEY),
+    ],
+)
+
+
+def render(fmt: str, **doc: Any) -> tuple[str, dict[str, Any]]:
+    return OutputFormat.compile(fmt, FIELDS).render(Event("test", doc))
+
+
+def test_plain_tokens_and_output_fields_keep_types() -> None:
+    text, fields = render("s=%t.str i=%t.int b=%t.bool", s="x", i=42, b=True)
+    assert text == "s=x i=42 b=true"
+    assert fields == {"t.str": "x", "t.int": 42, "t.bool": True}
+
+
+def test_missing_values_print_na_and_are_none() -> None:
+    text, fields = render("user=%t.str list=%t.list")
+    assert text == "user=<NA> list=<NA>"
+    assert fields == {"t.str": None, "t.list": None}
+
+
+def test_list_values_render_in_parentheses_and_stay_lists() -> None:
+    text, fields = render("images=%t.list one=%t.list", l=["a", "b"])
+    assert text == "images=(a,b) one=(a,b)"
+    assert fields == {"t.list": ["a", "b"]}
+    assert render("%t.list", l=["only"])[0] == "(only)"
+
+
+def test_width_pads_and_truncates() -> None:
+    assert render("[%6t.str]", s="ab")[0] == "[ab    ]"
+    assert render("[%3t.str]", s="abcdef")[0] == "[abc]"
+    assert render("[%5t.str]")[0] == "[<NA> ]"
+    fmt = OutputFormat.compile("%12t.str", FIELDS)
+    assert fmt.tokens == ("t.str",)  # the width is not part of the key
+
+
+def test_transformers_and_arguments() -> None:
+    text, fields = render(
+        "%toupper(t.str) %tolower(t.key[Mode]) %len(t.list)", s="ab", m={"Mode": "RO"}, l=[1, 2]
+    )
+    assert text == "AB ro 2"
+    assert fields == {"toupper(t.str)": "AB", "tolower(t.key[Mode])": "ro", "len(t.list)": 2}
+
+
+def test_field_name_is_longest_known_prefix() -> None:
+    assert render("%t.strlong|%t.str/%t.strX", s="a", long="b")[0] == "b|a/aX"
+    assert render("%t.str.", s="a")[0] == "a."
+
+
+def test_text_is_trimmed_and_a_leading_star_is_literal() -> None:
+    fmt = OutputFormat.compile("  \n*%t.str done\n", FIELDS)
+    assert fmt.text == "*%t.str done"
+    assert fmt.render(Event("test", {}))[0] == "*<NA> done"
+
+
+def test_tokens_in_order() -> None:
+    fmt = OutputFormat.compile("%t.int %t.key[/a/b] %toupper(t.str) %t.int", FIELDS)
+    assert fmt.tokens == ("t.int", "t.key[/a/b]", "toupper(t.str)", "t.int")
+
+
+def test_render_returns_a_fresh_dict() -> None:
+    fmt = OutputFormat.compile("%t.str", FIELDS)
+    ev = Event("test", {"s": "x"})
+    first = fmt.render(ev)[1]
+    first["evt.time"] = 1
+    assert fmt.render(ev)[1] == {"t.str": "x"}
+
+
+def test_k8s_fields_and_json_pointer_tokens() -> None:
+    fields = default_registry().fieldset(K8S_AUDIT)
+    fmt = OutputFormat.compile(
+        "Pod started (user=%ka.user.name target=%ka.target.name/%ka.target.resource "
+        "images=%ka.req.pod.containers.image vol=%jevt.value[/requestObject/spec/volumes] "
+        "cmd=%ka.uri.param[command])",
+        fields,
+    )
+    ev = Event(K8S_AUDIT, pod_create("nginx:1", "redis", user="bob", name="web"))
+    ev.doc["requestObject"]["spec"]["containers"].append({"name": "x", "image": "busybox"})
+    text, out = fmt.render(ev)
+    assert text == ("Pod started (user=bob target=web/pods images=(nginx:1,redis,busybox) vol=<NA> cmd=<NA>)")
+    assert out["ka.req.pod.containers.image"] == ["nginx:1", "redis", "busybox"]
+    assert out["jevt.value[/requestObject/spec/volumes]"] is None
+    assert list(out) == [
+        "ka.user.name",
+        "ka.target.name",
+        "ka.target.resource",
+        "ka.req.pod.containers.image",
+        "jevt.value[/requestObject/spec/volumes]",
+        "ka.uri.param[command]",
+    ]
+    plain = Event(K8S_AUDIT, audit_event(user="carol"))
+    assert fmt.render(plain)[0].startswith("Pod started (user=carol target=web/pods images=<NA>")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind", "message"),
+    [
+        ("ends with %", RuleError, "formatting cannot end with a %"),
+        ("ends with %12", RuleError, "formatting cannot end with a number"),
+        ("%t.nope here", UnknownOutputField, "invalid formatting token '%t.nope'"),
+        ("100%% sure", UnknownOutputField, "invalid formatting token"),
+        ("% spaced", UnknownOutputField, "invalid formatting token"),
+        ("%toupper(t.str", FieldError, "missing ')'"),
+        ("%t.key[open", FieldError, "missing ']'"),
+        ("%t.key", FieldError, "requires an argument"),
+        ("%t.str[x]", FieldError, "does not allow nor require an argument"),
+    ],
+)
+def test_format_errors(fmt: str, kind: type[RuleError], message: str) -> None:
+    with pytest.raises(kind, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        OutputFormat.compile(fmt, FIELDS)
+    assert info.value.offset == fmt.index("%")
+
+
+def test_value_text() -> None:
+    assert value_text(None) == "<NA>"
+    assert value_text(("a", 1, False)) == "(a,1,false)"
+    assert value_text(1.5) == "1.5"
