@@ -1,0 +1,372 @@
+"""The daemon's configuration: schema, defaults, environment overrides, checks.
+
+One YAML file; every key can be overridden from the environment as
+``EVENTD_<KEY>__<SUBKEY>`` (``EVENTD_SOURCES__KAFKA__GROUP_ID=eventd-2``),
+values read as YAML scalars (``EVENTD_RULES='[/etc/eventd/rules]'``).
+Without a file eventd runs on ``DEFAULT_CONFIG``: loopback listeners on the
+ecosystem's ports, alerts on stdout, the built-in rule packs.  A file
+replaces the defaults: exactly the sources and sinks it lists run.
+
+Every problem is reported with the key it concerns, for example
+``sources.kafka.topics: expected a list of strings, got 5``, and the daemon
+refuses to start.  Unknown keys are errors too, because a misspelt key that
+is silently ignored is a security setting silently not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ENV_PREFIX = "EVENTD_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+# --------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """``host:port`` to listen on; ``[v6]:port`` for IPv6."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, key: str) -> Listen:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(key, f"expected host:port, got {text!r}")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host:
+            raise ConfigError(key, f"expected host:port with a host (0.0.0.0 for all), got {text!r}")
+        return cls(host, int(port))
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """TLS for an HTTP listener; ``client_ca`` turns on client certificates (mTLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """TLS for a client connection; ``cert``/``key`` for mTLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+# -------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: Listen = Listen("127.0.0.1", 9376)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpInputConfig:
+    """Shared by the HTTP inputs: where to listen and who may post."""
+
+    listen: Listen
+    path: str = "/"
+    max_body_bytes: int = 12 * 1024 * 1024
+    tls: ServerTLS | None = None
+    #: File holding the bearer token clients must send; re-read on change.
+    token_file: Path | None = None
+    #: Listen on a non-loopback address without TLS client certificates or a
+    #: token.  Off by default: audit events and alerts are sensitive.
+    allow_unauthenticated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditWebhookConfig(HttpInputConfig):
+    listen: Listen = Listen("127.0.0.1", 9765)
+    path: str = "/k8s-audit"
+    #: The API server retries whole batches for ~2.5 min; 5 min covers it.
+    dedup_window_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FalcoHttpConfig(HttpInputConfig):
+    listen: Listen = Listen("127.0.0.1", 2801)
+    path: str = "/"
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FalcoFileConfig:
+    """Falco JSON lines (``file_output``/``program_output``); ``-`` is stdin."""
+
+    path: str = "-"
+    follow: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FalcoGrpcConfig:
+    address: str = "unix:///run/falco/falco.sock"
+    tls: ClientTLS | None = None
+    #: ``sub`` keeps a stream open; ``get`` drains once per poll.
+    mode: Literal["sub", "get"] = "sub"
+    keepalive_seconds: float = 1.0
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLogConfig:
+    path: Path = Path("/var/log/kubernetes/audit/audit.log")
+    #: Where the read position is persisted; none means start at the end.
+    checkpoint: Path | None = None
+    max_line_bytes: int = 262144
+    #: Read rotated files (``audit-<time>.log``, ``.gz``) before the live one.
+    backfill: bool = False
+    poll_interval_seconds: float = 0.25
+    dedup_window_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSASL:
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str = ""
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSourceConfig:
+    bootstrap_servers: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    group_id: str = "eventd"
+    tls: ClientTLS | None = None
+    sasl: KafkaSASL | None = None
+    #: Where a new consumer group starts.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_batch: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    k8s_audit_webhook: AuditWebhookConfig | None = None
+    falco_http: FalcoHttpConfig | None = None
+    falco_file: FalcoFileConfig | None = None
+    falco_grpc: FalcoGrpcConfig | None = None
+    audit_log: AuditLogConfig | None = None
+    kafka: KafkaSourceConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StdoutSinkConfig:
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class SinksConfig:
+    stdout: StdoutSinkConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    #: Rule files and directories in load order; empty means the built-in packs.
+    rules: tuple[str, ...] = ()
+    rule_matching: Literal["first", "all"] = "first"
+    #: Reload rules when a rule file changes (SIGHUP always reloads).
+    watch_rules: bool = False
+    #: Hostname put in alerts raised from audit events (default: this host, or $NODE_NAME).
+    hostname: str = ""
+    #: Cluster name added to every alert.
+    cluster: str = ""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    #: Batches waiting for the matcher before inputs are pushed back.
+    queue_size: int = 256
+    #: On SIGTERM: how long to drain queues and flush sinks before exiting.
+    shutdown_grace_seconds: float = 20.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+DEFAULT_CONFIG = Config(
+    sources=SourcesConfig(k8s_audit_webhook=AuditWebhookConfig(), falco_http=FalcoHttpConfig()),
+    sinks=SinksConfig(stdout=StdoutSinkConfig()),
+)
+
+
+# ------------------------------------------------------------------- building
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or the defaults), apply ``EVENTD_*`` overrides, validate."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        data: dict[str, Any] = to_plain(DEFAULT_CONFIG)
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError("", f"cannot read config {path}: {err.strerror or err}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError("", f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("", f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+    apply_env(data, environ)
+    return build(Config, data, "")
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Overlay ``EVENTD_A__B=value`` onto ``data['a']['b']`` (YAML scalar)."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            raise ConfigError(
+                ".".join(parts), f"environment variable {name} is not a valid YAML value"
+            ) from None
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+
+
+def build(cls: type, data: Any, key: str) -> Any:
+    """Turn plain YAML data into the dataclass ``cls``, checking every key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"expected a mapping, got {_shown(data)}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        sub = f"{key}.{name}" if key else str(name)
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(sub, f"unknown key{hint}")
+        kwargs[name] = _convert(hints[name], value, sub)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(key, str(err)) from None
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            if len(options) < len(typing.get_args(tp)):
+                return None
+            raise ConfigError(key, "must not be empty")
+        if len(options) == 1:
+            # ``{}`` enables an optional section with its defaults (``sinks.stdout: {}``).
+            return _convert(options[0], value, key)
+        for option in options:
+            try:
+                return _convert(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"invalid value {_shown(value)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(key, f"expected one of {', '.join(map(str, allowed))}, got {_shown(value)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):  # "a,b" from the environment or for convenience
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str | Path) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {_shown(value)}")
+        return tuple(str(v) for v in value)
+    if tp is Listen:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected host:port, got {_shown(value)}")
+        return Listen.parse(value, key)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, {} if value is None else value, key)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"expected a path, got {_shown(value)}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {_shown(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(key, f"expected a positive integer, got {_shown(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(key, f"expected a non-negative number, got {_shown(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {_shown(value)}")
+        return value
+    raise ConfigError(key, f"unsupported setting type {tp!r}")  # a bug in the schema
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def to_plain(obj: Any) -> Any:
+    """A config (or part of it) as plain YAML data; the inverse of ``build``."""
+    if isinstance(obj, Listen | Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: to_plain(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) is not None
+        }
+    if isinstance(obj, tuple):
+        return [to_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,71 @@
+"""eventd's Prometheus metrics, on a registry of its own (one per daemon).
+
+Names follow Prometheus conventions (``eventd_<what>_total``) and label
+values that come from events are few and fixed here: source names, reject
+reasons, rule names and priority names.  Events never put pod, host or user
+names into labels (falcosidekick's cardinality explosions).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from eventd import __version__
+
+
+class Metrics:
+    """All metrics of one eventd process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_received = Counter(
+            "eventd_events_received_total", "Events decoded and accepted, by source.", ["source"], registry=r
+        )
+        self.events_rejected = Counter(
+            "eventd_events_rejected_total",
+            "Input refused, by source and reason (invalid JSON, not audit data, too large...).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.events_matched = Counter(
+            "eventd_events_matched_total",
+            "Events that matched at least one rule, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "eventd_events_dropped_total",
+            "Events dropped after acceptance, by source and reason (duplicates, queue full...).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "eventd_alerts_total",
+            "Alerts raised, by rule, priority and rule source.",
+            ["rule", "priority", "source"],
+            registry=r,
+        )
+        self.queue_depth = Gauge("eventd_queue_depth", "Batches waiting for the matcher.", registry=r)
+        self.match_latency = Histogram(
+            "eventd_match_latency_seconds",
+            "Time to match one batch of events and hand its alerts to the sinks.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.rules_loaded = Gauge("eventd_rules_loaded", "Enabled rules in the running rule set.", registry=r)
+        self.rule_reloads = Counter(
+            "eventd_rule_reloads_total", "Rule reloads, by result (ok, refused).", ["result"], registry=r
+        )
+        self.source_reconnects = Counter(
+            "eventd_source_reconnects_total", "Reconnections of streaming sources.", ["source"], registry=r
+        )
+        self.source_up = Gauge(
+            "eventd_source_up", "1 while a source is connected / listening.", ["source"], registry=r
+        )
+        self.build_info = Info("eventd_build", "eventd version.", registry=r)
+        self.build_info.info({"version": __version__})
+
+    def exposition(self) -> bytes:
+        """The text format served on ``/metrics``."""
+        return generate_latest(self.registry)
