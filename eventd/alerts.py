@@ -13,6 +13,7 @@ copies carry the same uuid and consumers can drop the duplicate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from typing import Any
 
 import orjson
 
+from eventd.engine.ast import FieldRef
+from eventd.engine.fields import default_registry
 from eventd.engine.priority import Priority
 from eventd.engine.ruleset import Rule
-from eventd.events.model import K8S_AUDIT, Event, event_time_ns
+from eventd.events.model import FALCO, K8S_AUDIT, Event, event_time_ns
 from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
 
 _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
@@ -97,6 +100,60 @@ def build_alert(rule: Rule, event: Event, hostname: str) -> Alert:
     )
 
 
+def falco_passthrough_alert(event: Event) -> Alert:
+    """A Falco alert received by eventd, forwarded as an eventd alert.
+
+    Falco's own fields are kept as they came; the normalised image fields
+    (``container.image.registry``, ``.name``, ``.tag``, ``.digest``) are added to
+    ``output_fields`` when Falco reported an image, so dashboards can group
+    Falco alerts by registry like eventd's own.
+    """
+    doc = event.doc
+    fields = dict(doc["output_fields"])
+    for name, value in _falco_image_fields(event).items():
+        fields.setdefault(name, value)
+    return Alert(
+        time_ns=event_time_ns(event),
+        rule=doc["rule"],
+        priority=Priority.parse(doc["priority"]),
+        source=doc["source"],
+        output=doc["output"],
+        output_fields=fields,
+        tags=tuple(doc["tags"]),
+        hostname=doc["hostname"],
+        uuid=alert_uuid("falco-passthrough", event),
+        context=alert_context(event),
+    )
+
+
+_FALCO_IMAGE_FIELDS = ("registry", "name", "tag", "digest", "pinned", "valid")
+_K8S_IMAGE_FIELDS = ("ka.req.pod.images", "registry", "name", "tag", "digest")
+
+
+@functools.cache
+def _getters(source: str, names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    fieldset = default_registry().fieldset(source)
+    return tuple((n, fieldset.bind(FieldRef(n)).get) for n in names)
+
+
+def _falco_image_fields(event: Event) -> dict[str, Any]:
+    if not isinstance(event.doc["output_fields"].get("container.image.repository"), str):
+        return {}
+    names = tuple(f"container.image.{f}" for f in _FALCO_IMAGE_FIELDS)
+    return {n: v for n, get in _getters(FALCO, names) if (v := get(event)) is not None}
+
+
+def _pod_images(event: Event) -> list[dict[str, str]]:
+    """Every container image of the pod spec (any family), normalised."""
+    names = ("ka.req.pod.images.raw", *(f"ka.req.pod.images.{f}" for f in _K8S_IMAGE_FIELDS[1:]))
+    columns = [get(event) for _, get in _getters(K8S_AUDIT, names)]
+    if not columns[0]:
+        return []
+    keys = ("image", *_K8S_IMAGE_FIELDS[1:])
+    rows = zip(*(c or () for c in columns), strict=False)
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
 def alert_context(event: Event) -> dict[str, Any]:
     """The facts a responder needs, in fixed keys whatever the rule printed."""
     doc = event.doc
@@ -111,15 +168,33 @@ def alert_context(event: Event) -> dict[str, Any]:
             "verb": doc.get("verb"),
             "user": user.get("username"),
             "namespace": ref.get("namespace"),
-            "resource": ref.get("resource"),
-            "name": ref.get("name"),
+            "workload": _workload(ref),
+            "images": _pod_images(event),
         }
     fields = doc.get("output_fields") if isinstance(doc.get("output_fields"), dict) else {}
+    image = _falco_image_fields(event)
     return {
         "event_source": event.source,
         "origin": event.origin,
         "falco_rule": doc.get("rule"),
+        "node": doc.get("hostname"),
         "namespace": fields.get("k8s.ns.name"),
-        "pod": fields.get("k8s.pod.name"),
-        "container_image": fields.get("container.image.repository"),
+        "workload": f"pods/{fields['k8s.pod.name']}" if fields.get("k8s.pod.name") else None,
+        "images": [
+            {
+                "image": fields.get("container.image.repository"),
+                **{k: image.get(f"container.image.{k}") for k in ("registry", "name", "tag", "digest")},
+            }
+        ]
+        if image
+        else [],
     }
+
+
+def _workload(ref: dict[str, Any]) -> str | None:
+    """``resource/name`` (``deployments/web``), or the resource alone on create."""
+    resource = ref.get("resource")
+    if not resource:
+        return None
+    name = ref.get("name")
+    return f"{resource}/{name}" if name else resource

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from eventd import __version__
-from eventd.cli import image, rules, scan
+from eventd.cli import image, rules, run, scan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"eventd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.register(commands)
     scan.register(commands)
     rules.register(commands)
     image.register(commands)

@@ -68,6 +68,7 @@ def _attr(name: str, get: _Getter, optional: bool = False) -> None:
     _ATTRS[name] = (listed, get if optional else listed)
 
 
+_attr("raw", lambda r: r.raw)
 _attr("registry", lambda r: r.registry)
 _attr("name", lambda r: r.name)
 _attr("path", lambda r: r.path)
@@ -81,6 +82,7 @@ _attr("has_port", lambda r: r.has_port)
 _attr("is_ip", lambda r: r.is_ip)
 
 _DESCS = {
+    "raw": "the reference as written in the pod spec",
     "registry": "registry (docker.io when implied)",
     "name": "normalised name registry/path",
     "path": "repository path",
