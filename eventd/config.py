@@ -133,6 +133,8 @@ class FalcoFileConfig:
 
     path: str = "-"
     follow: bool = True
+    #: With ``follow``: how often to look for new lines, truncation and rotation.
+    poll_interval_seconds: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,10 +291,14 @@ def build(cls: type, data: Any, key: str) -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(sub, f"unknown key{hint}")
         kwargs[name] = _convert(hints[name], value, sub)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required key is missing
-        raise ConfigError(key, str(err)) from None
+    for name, f in known.items():
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
+            raise ConfigError(f"{key}.{name}" if key else name, "required key is missing")
+    return cls(**kwargs)
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:

@@ -18,7 +18,7 @@ import gzip
 import io
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -111,35 +111,36 @@ class Scanner:
         progress: Callable[[int], None] | None = None,
         raw: BinaryIO | None = None,
     ) -> None:
-        """Scan one input.  The loop is the hot path: lines the prefilter
-        lets through are counted in locals and handed to ``_parse_line``."""
+        """Scan one input, a chunk of lines at a time: the prefilter sorts out
+        the lines no rule can match, the rest go to ``_parse_line``."""
         stats = self.stats
         stats.files += 1
         skippable = self.prefilter.skippable if self.prefilter is not None else None
-        read = skipped = 0
         self._good = self._bad = 0
         self._first_error = None
-        try:
-            for lineno, line in enumerate(lines, 1):
-                read += 1
-                if skippable is not None and skippable(line):
-                    skipped += 1
-                    if progress is not None and not skipped & 0xFFF:
-                        progress(raw.tell())  # type: ignore[union-attr]
-                    continue
+        streaming = raw is not None and not raw.seekable()  # a pipe: do not wait for a full chunk
+        chunks = _chunks(lines, streaming)
+        first = 1  # line number of the chunk's first line
+        for chunk in chunks:
+            stats.lines += len(chunk)
+            if skippable is None:
+                wanted: Iterable[int] = range(len(chunk))
+            else:
+                # A comprehension, not a loop of statements: this line runs
+                # once per input line and most lines end here.
+                wanted = [i for i, line in enumerate(chunk) if not skippable(line)]
+                stats.skipped += len(chunk) - len(wanted)
+            for i in wanted:
+                line = chunk[i]
                 if len(line) < 3 and not line.strip():
-                    read -= 1  # blank lines are not counted
+                    stats.lines -= 1  # blank lines are not counted
                     continue
-                self._parse_line(line, lineno, name)
-                if progress is not None and not stats.parsed & 0xFF:
-                    progress(raw.tell())  # type: ignore[union-attr]
-        finally:
-            stats.lines += read
-            stats.skipped += skipped
+                self._parse_line(line, first + i, name)
+            first += len(chunk)
+            if progress is not None:
+                progress(raw.tell())  # type: ignore[union-attr]
         if self._good == 0 and self._first_error is not None:
             raise NotAuditData(f"{name}: not audit data ({self._first_error})")
-        if raw is not None and progress is not None and not raw.closed:
-            progress(raw.tell())
 
     def _parse_line(self, line: bytes, lineno: int, name: str) -> None:
         stats = self.stats
@@ -174,6 +175,32 @@ class Scanner:
         self.stats.reject_reasons[err.reason] += 1
         if self.on_reject is not None:
             self.on_reject(name, lineno, str(err))
+
+
+#: Bytes read per chunk of lines (the scan loop works a chunk at a time).
+CHUNK_BYTES = 1 << 20
+
+
+def _chunks(lines: Iterable[bytes], streaming: bool = False) -> Iterator[list[bytes]]:
+    """Lists of lines: ``readlines`` in C when ``lines`` is a file; one line
+    at a time from a pipe, so alerts are not held back waiting for input."""
+    if streaming:
+        for line in lines:
+            yield [line]
+        return
+    readlines = getattr(lines, "readlines", None)
+    if readlines is not None:
+        while chunk := readlines(CHUNK_BYTES):
+            yield chunk
+        return
+    chunk: list[bytes] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= 4096:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def scan_paths(

@@ -215,17 +215,36 @@ def test_list_fields(condition, values, expected):
     assert run(condition, l=values) is expected
 
 
-@pytest.mark.parametrize(
-    "op_value",
-    ["= a", "!= a", "< 1", "contains a", "startswith a", "glob a", "regex a", "bcontains 61", "= val(t.s)"],
-)
+@pytest.mark.parametrize("op_value", ["= a", "!= a", "< 1", ">= 1", "= val(t.s)"])
 def test_list_fields_reject_other_operators(op_value):
     with pytest.raises(FieldError) as info:
         compiled(f"t.s exists and t.l {op_value}")
     assert info.value.message == (
-        "list filter 't.l' only supports operators 'exists', 'in' and 'intersects' (and eventd's 'pmatch')"
+        "list filter 't.l' only supports operators 'exists', 'in' and 'intersects' "
+        "(and eventd's 'pmatch' and string operators, true for any value)"
     )
     assert info.value.offset == 15
+
+
+@pytest.mark.parametrize(
+    ("condition", "values", "expected"),
+    [
+        ("t.l contains vil", ["good", "evil"], True),
+        ("t.l contains vil", ["good", "fine"], False),
+        ("t.l startswith ev", ["good", "evil"], True),
+        ("t.l endswith od", ["good", "evil"], True),
+        ("t.l icontains EVI", ["good", "evil"], True),
+        ("t.l glob 'e*l'", ["good", "evil"], True),
+        ("t.l iglob 'E*L'", ["good", "evil"], True),
+        ("t.l regex 'e.il'", ["good", "evil"], True),
+        ("t.l regex 'e.il'", ["good"], False),
+        ("t.l bcontains 7669", ["evil"], True),
+        ("not t.l regex 'e.il'", ["good", "evil"], False),
+        ("t.l contains x", None, False),
+    ],
+)
+def test_string_operators_on_list_fields_match_any_value(condition, values, expected):
+    assert run(condition, l=values) is expected
 
 
 def test_list_ness_of_val_must_match():

@@ -10,10 +10,13 @@ left-to-right short-circuit order, and checks that can never be true
 Semantics (falco-rules-language.md §7 to §9):
 
 * a missing value makes every check false except ``exists``;
-* a list-valued field accepts only ``exists`` (at least one value), ``in``
+* a list-valued field accepts ``exists`` (at least one value), ``in``
   (every value in the set) and ``intersects`` (at least one value in the
-  set); eventd also accepts ``pmatch`` (every value lies under one of the
-  paths), which registry allow-lists on list-valued image fields need;
+  set), as in Falco.  eventd also accepts, on list fields, ``pmatch``
+  (every value lies under one of the paths: registry allow-lists) and the
+  string operators ``contains icontains startswith endswith glob iglob
+  regex bcontains bstartswith``, true when *any* value matches (Falco
+  refuses these on list fields, so no Falco rule changes meaning);
 * ``val(f)`` or a transformed field on the right compares with that field's
   value in the same event; both sides must be lists or both single values,
   and the operator must not be a pattern (``glob``, ``iglob``, ``regex``).
@@ -34,6 +37,10 @@ Predicate: TypeAlias = Callable[[Event], bool]
 
 #: Operators a list-valued field allows (Falco's three plus eventd's pmatch).
 LIST_FIELD_OPS = frozenset({"exists", "in", "intersects", "pmatch"})
+#: String operators eventd allows on list fields, true when any value matches.
+LIST_ANY_OPS = frozenset(
+    {"contains", "icontains", "startswith", "endswith", "glob", "iglob", "regex", "bcontains", "bstartswith"}
+)
 #: Operators whose right-hand side lives in the field's value space, so the
 #: field's ``rhs_normalizer`` applies to it (patterns and bounds are left as
 #: written).
@@ -178,10 +185,10 @@ def _compile_check(check: Check, fields: FieldSet) -> Predicate:
         return lambda ev: get(ev) is not None
 
     is_list = yields_list(bound)
-    if is_list and op not in LIST_FIELD_OPS:
+    if is_list and op not in LIST_FIELD_OPS and op not in LIST_ANY_OPS:
         raise FieldError(
             f"list filter '{bound.token}' only supports operators 'exists', 'in' and "
-            "'intersects' (and eventd's 'pmatch')"
+            "'intersects' (and eventd's 'pmatch' and string operators, true for any value)"
         )
     rhs = check.value
     if isinstance(rhs, FieldRef):
@@ -199,7 +206,7 @@ def _compile_check(check: Check, fields: FieldSet) -> Predicate:
     pred = make_predicate(op, rhs)
     if not is_list:
         return _scalar_check(get, pred)
-    if op == "intersects":
+    if op == "intersects" or op in LIST_ANY_OPS:
         return lambda ev: (v := get(ev)) is not None and any(map(pred, v))
     return lambda ev: (v := get(ev)) is not None and all(map(pred, v))
 

@@ -23,7 +23,14 @@ from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or
 from eventd.engine.compiler import compile_condition
 from eventd.engine.fields.base import BoundField, FieldDef, FieldSet
 from eventd.engine.ruleset import Rule
-from eventd.events.header import HEADER_FIELDS, UNSET, HeaderError, decode_header, key_reader
+from eventd.events.header import (
+    HEADER_FIELDS,
+    UNSET,
+    HeaderError,
+    header_decoder,
+    is_falco_alert,
+    key_reader,
+)
 from eventd.events.model import FALCO, K8S_AUDIT, Event
 
 #: field name -> the values it must take for the rule to fire (``None``: missing).
@@ -241,7 +248,7 @@ class Prefilter:
     decoded event would give.
     """
 
-    __slots__ = ("_audit", "_has_falco_rules", "_memo", "_missing", "_read_high", "_read_low")
+    __slots__ = ("_audit", "_has_falco_rules", "_missing", "_read_high", "_read_low", "skippable")
 
     def __init__(self, audit: RuleIndex | None, has_falco_rules: bool) -> None:
         self._audit = audit
@@ -251,7 +258,7 @@ class Prefilter:
         self._read_high = key_reader(names[width:])
         self._missing = ((None,) * width, (None,) * (len(names) - width))
         self._has_falco_rules = has_falco_rules
-        self._memo = {} if audit is None else audit.memo  # read directly: this is the hot path
+        self.skippable = self._make_skippable()
 
     @classmethod
     def build(cls, indexes: dict[str, RuleIndex]) -> Prefilter | None:
@@ -261,48 +268,44 @@ class Prefilter:
             return None
         return cls(audit, FALCO in indexes)
 
-    def skippable(self, line: bytes) -> bool:
-        """True when no rule can match any event in ``line``.
+    def _make_skippable(self) -> Callable[[bytes], bool]:
+        """``skippable(line)``: True when no rule can match any event in it.
 
         Anything unusual (not JSON, an array, an ``EventList``, neither an
         audit event nor a Falco alert) is left to the full decoder, which
-        reports what is wrong with it.
+        reports what is wrong with it.  A closure over locals: this runs for
+        every line of every input.
         """
-        try:
-            header = decode_header(line)
-        except HeaderError:
-            return False
-        if header.kind == "Event":
-            audit = self._audit
-            if audit is None:
-                return True
-            # Without an auditID every ka.* field is missing (as in Falco).
-            if header.auditID is UNSET:
-                low, high = self._missing
-            else:
-                low = self._read_low(header)
-                bucket = self._memo.get(low)
+        audit = self._audit
+        memo = {} if audit is None else audit.memo
+        lookup = None if audit is None else audit.memo_lookup
+        select = None if audit is None else audit.candidates_for
+        read_low, read_high = self._read_low, self._read_high
+        missing_low, missing_high = self._missing
+        has_falco_rules = self._has_falco_rules
+        names = () if audit is None else tuple(f.ref.name for f in audit.fields)
+        decode, unset = header_decoder(names), UNSET
+
+        def skippable(line: bytes) -> bool:
+            try:
+                header = decode(line)
+            except HeaderError:
+                return False
+            if header.kind == "Event":
+                if audit is None:
+                    return True
+                # Without an auditID every ka.* field is missing (as in Falco).
+                if header.auditID is unset:
+                    return not select(missing_low, missing_high)  # type: ignore[misc]
+                low = read_low(header)
+                bucket = memo.get(low)
                 if bucket is None:
-                    bucket = audit.memo_lookup(low)
+                    bucket = lookup(low)  # type: ignore[misc]
                 if not bucket:  # the common case: nothing can fire
                     return True
-                high = self._read_high(header)
-            return not audit.candidates_for(low, high)
-        if header.is_falco_alert():
-            return not self._has_falco_rules
-        return False
-        if header.is_audit_event():
-            if self._audit is None:
-                return True
-            # Without an auditID every ka.* field is missing (as in Falco).
-            if header.auditID is UNSET:
-                low, high = self._missing
-            else:
-                low = self._read_low(header)
-                if not self._audit.memo_lookup(low):  # the common case: done
-                    return True
-                high = self._read_high(header)
-            return not self._audit.candidates_for(low, high)
-        if header.is_falco_alert():
-            return not self._has_falco_rules
-        return False
+                return not select(low, read_high(header))  # type: ignore[misc]
+            if is_falco_alert(header):
+                return not has_falco_rules
+            return False
+
+        return skippable

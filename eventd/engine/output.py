@@ -32,6 +32,8 @@ class UnknownOutputField(FieldError):
 
 def value_text(value: Extracted) -> str:
     """How a value prints in the output line."""
+    if type(value) is str:
+        return value
     if value is None:
         return "<NA>"
     if isinstance(value, tuple):
@@ -39,10 +41,6 @@ def value_text(value: Extracted) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _json_value(value: Extracted) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 class OutputFormat:
@@ -102,7 +100,7 @@ class OutputFormat:
                 pieces.append(token)
                 continue
             value = bound.get(event)
-            values[token] = _json_value(value)
+            values[token] = list(value) if type(value) is tuple else value
             shown = value_text(value)
             if width:
                 shown = shown[:width].ljust(width)

@@ -129,11 +129,17 @@ def _family_refs(
 
 
 def _all_refs(parts: list[Callable[[Event], Refs | None]]) -> Callable[[Event], Refs | None]:
-    """References of every family together: containers, init, ephemeral."""
+    """References of every family together: containers, init, ephemeral (once per event)."""
+    cache_key = object()
+    unset = _UNSET
 
     def refs(ev: Event) -> Refs | None:
-        found = [r for r in (part(ev) for part in parts) if r is not None]
-        return sum(found, ()) if found else None
+        cache = ev.cache
+        got = cache.get(cache_key, unset)
+        if got is unset:
+            found = [r for r in (part(ev) for part in parts) if r is not None]
+            got = cache[cache_key] = sum(found, ()) if found else None
+        return got
 
     return refs
 
