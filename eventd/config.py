@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import yaml
 
+from eventd.engine.priority import Priority
+
 ENV_PREFIX = "EVENTD_"
 
 
@@ -190,13 +192,133 @@ class SourcesConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class StdoutSinkConfig:
+class DedupConfig:
+    """Identical alerts within a window are sent once, then a summary."""
+
+    window_seconds: float = 300.0
+    #: What makes two alerts identical, besides the rule: context keys of the
+    #: alert (``namespace``, ``workload``, ``images``, ``user``, ``node``...).
+    keys: tuple[str, ...] = ("namespace", "workload", "images")
+    #: When the window closes, send one summary alert with the count.
+    summary: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """What every sink accepts: which alerts it takes and whether to dedup."""
+
+    #: Least severe priority sent (Falco names; ``debug`` sends everything).
+    min_priority: str = "debug"
+    #: Only these rules / alerts with any of these tags / from these rule
+    #: sources (``k8s_audit``, ``falco``, ``syscall``...); empty = all.
+    rules: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    dedup: DedupConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StdoutSinkConfig(SinkConfig):
     format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSinkConfig(SinkConfig):
+    path: Path = Path("/var/log/eventd/alerts.jsonl")
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRoute:
+    """Send matching alerts to another topic (first matching route wins)."""
+
+    topic: str
+    rules: tuple[str, ...] = ()
+    priorities: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSinkConfig(SinkConfig):
+    bootstrap_servers: tuple[str, ...] = ()
+    topic: str = "eventd-alerts"
+    routes: tuple[KafkaRoute, ...] = ()
+    #: Message key, so one stream stays ordered on a partition: an alert
+    #: context key (``namespace``, ``workload``, ``registry``, ``rule``) or ``none``.
+    key: str = "namespace"
+    acks: Literal["all", "1", "0"] = "all"
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    client_id: str = "eventd"
+    tls: ClientTLS | None = None
+    sasl: KafkaSASL | None = None
+    #: Write-ahead spool for alerts the broker has not acknowledged.
+    spool_dir: Path = Path("/var/lib/eventd/spool")
+    spool_max_bytes: int = 256 * 1024 * 1024
+    #: When the spool is full: drop the oldest alerts or refuse the newest.
+    spool_full_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    request_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSinkConfig(SinkConfig):
+    """Shared by the HTTP incident channels."""
+
+    timeout_seconds: float = 10.0
+    max_retries: int = 5
+    retry_backoff_seconds: float = 1.0
+    max_concurrency: int = 2
+    tls: ClientTLS | None = None
+    dedup: DedupConfig | None = field(default_factory=DedupConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class SlackSinkConfig(HttpSinkConfig):
+    #: The incoming-webhook URL is a secret: read it from a file.
+    webhook_url_file: Path = Path("/etc/eventd/slack/webhook-url")
+    username: str = "eventd"
+    min_priority: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertmanagerSinkConfig(HttpSinkConfig):
+    #: Base URL; alerts are posted to ``<url>/api/v2/alerts``.
+    url: str = "http://127.0.0.1:9093"
+    token_file: Path | None = None
+    #: ``endsAt`` = ``startsAt`` + this: Alertmanager resolves silently after.
+    resolve_after_seconds: float = 3600.0
+    #: ``generatorURL`` of every alert (a dashboard or runbook link).
+    generator_url: str = ""
+    min_priority: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSinkConfig(HttpSinkConfig):
+    url: str = ""
+    token_file: Path | None = None
+    #: Sign the body with HMAC-SHA256 using the key in this file.
+    hmac_secret_file: Path | None = None
+    signature_header: str = "X-Eventd-Signature-256"
+    dedup: DedupConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SinksConfig:
     stdout: StdoutSinkConfig | None = None
+    file: FileSinkConfig | None = None
+    kafka: KafkaSinkConfig | None = None
+    slack: SlackSinkConfig | None = None
+    alertmanager: AlertmanagerSinkConfig | None = None
+    webhook: WebhookSinkConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    #: Distinct values kept per metric label taken from events; others are
+    #: counted under ``other`` (guards Prometheus against cardinality blow-ups).
+    label_value_cap: int = 100
+    #: Registries (and registry/path prefixes) counted as trusted in
+    #: ``eventd_image_pulls_total``; keep in step with eventd_allowed_registries.
+    trusted_registries: tuple[str, ...] = ("myregistry.io", "gcr.io/my-project", "docker.io/library")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +333,7 @@ class Config:
     #: Cluster name added to every alert.
     cluster: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     #: Batches waiting for the matcher before inputs are pushed back.
@@ -291,6 +414,12 @@ def build(cls: type, data: Any, key: str) -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(sub, f"unknown key{hint}")
         kwargs[name] = _convert(hints[name], value, sub)
+        check = _FIELD_CHECKS.get(str(name))
+        if check is not None:
+            try:
+                check(kwargs[name])
+            except ValueError as err:
+                raise ConfigError(sub, str(err)) from None
     for name, f in known.items():
         if (
             name not in kwargs
@@ -299,6 +428,10 @@ def build(cls: type, data: Any, key: str) -> Any:
         ):
             raise ConfigError(f"{key}.{name}" if key else name, "required key is missing")
     return cls(**kwargs)
+
+
+#: Extra checks of values by key name, wherever the key appears.
+_FIELD_CHECKS: dict[str, Any] = {"min_priority": Priority.parse}
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -323,6 +456,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(key, f"expected one of {', '.join(map(str, allowed))}, got {_shown(value)}")
         return value
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {_shown(value)}")
+        item = typing.get_args(tp)[0]
+        return tuple(build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if isinstance(value, str):  # "a,b" from the environment or for convenience
             value = [v.strip() for v in value.split(",") if v.strip()]
