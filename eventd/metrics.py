@@ -16,7 +16,9 @@ from eventd import __version__
 class Metrics:
     """All metrics of one eventd process."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_value_cap: int = 100) -> None:
+        self.label_value_cap = label_value_cap
+        self._label_values: dict[str, set[str]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_received = Counter(
@@ -63,8 +65,64 @@ class Metrics:
         self.source_up = Gauge(
             "eventd_source_up", "1 while a source is connected / listening.", ["source"], registry=r
         )
+        # -- sinks
+        self.sink_deliveries = Counter(
+            "eventd_sink_deliveries_total", "Alerts delivered, by sink.", ["sink"], registry=r
+        )
+        self.sink_failures = Counter(
+            "eventd_sink_failures_total",
+            "Failed delivery attempts, by sink and reason (timeout, status_5xx, connection...).",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "eventd_sink_retries_total", "Delivery attempts that were retries, by sink.", ["sink"], registry=r
+        )
+        self.sink_dropped = Counter(
+            "eventd_sink_dropped_total",
+            "Alerts a sink did not deliver, by sink and reason (spool_full, retries_exhausted...).",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.sink_filtered = Counter(
+            "eventd_sink_filtered_total",
+            "Alerts a sink's filters or dedup kept back, by sink and reason (filter, duplicate).",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.sink_queue_depth = Gauge(
+            "eventd_sink_queue_depth", "Alerts waiting in a sink's memory queue.", ["sink"], registry=r
+        )
+        self.spool_bytes = Gauge(
+            "eventd_spool_bytes", "Bytes in a sink's on-disk spool.", ["sink"], registry=r
+        )
+        self.spool_alerts = Gauge(
+            "eventd_spool_alerts", "Alerts in a sink's on-disk spool.", ["sink"], registry=r
+        )
+        self.spool_capacity_bytes = Gauge(
+            "eventd_spool_capacity_bytes", "Configured size limit of a sink's spool.", ["sink"], registry=r
+        )
+        # -- images
+        self.image_pulls = Counter(
+            "eventd_image_pulls_total",
+            "Container images in created or updated pods and workload templates, by registry "
+            "(capped, overflow in 'other') and trust ('trusted' or 'untrusted').",
+            ["registry", "trust"],
+            registry=r,
+        )
         self.build_info = Info("eventd_build", "eventd version.", registry=r)
         self.build_info.info({"version": __version__})
+
+    def capped(self, label: str, value: str) -> str:
+        """``value``, or ``other`` once ``label`` already has ``label_value_cap``
+        distinct values: event-supplied label values cannot blow up Prometheus."""
+        seen = self._label_values.setdefault(label, set())
+        if value in seen:
+            return value
+        if len(seen) >= self.label_value_cap:
+            return "other"
+        seen.add(value)
+        return value
 
     def exposition(self) -> bytes:
         """The text format served on ``/metrics``."""
