@@ -2,7 +2,7 @@
 
 stdout belongs to alerts (the default sink), so logs never go there.  Keys
 are consistent across modules: ``event`` (what happened, snake_case),
-``level``, ``timestamp``, ``logger``, then facts such as ``source``,
+``level``, ``timestamp``, then facts such as ``source``,
 ``address``, ``count``, ``reason``.  Event bodies are never logged.
 """
 
@@ -22,7 +22,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.stdlib.add_logger_name,
             structlog.processors.dict_tracebacks,
             structlog.processors.JSONRenderer(),
         ],

@@ -42,6 +42,10 @@ class RecentKeys:
             self._seen.popitem(last=False)
         return False
 
+    def forget(self, key: Hashable) -> None:
+        """Take ``key`` back: its delivery was refused, so a retry is not a repeat."""
+        self._seen.pop(key, None)
+
     def _expire(self, now: float) -> None:
         limit = now - self.window
         seen = self._seen

@@ -1,0 +1,433 @@
+"""The machinery shared by the HTTP inputs: listener, TLS, auth, bounded bodies.
+
+Each HTTP input (the audit webhook, the Falco ``http_output`` receiver) runs
+its own aiohttp application on its own ``listen`` address.  What they have in
+common lives here, so that the security-relevant parts are written once:
+
+* **Who may post.**  TLS with client certificates (``tls.client_ca``: the
+  handshake fails without a certificate signed by that CA) and/or a bearer
+  token read from ``token_file``.  A listener on a non-loopback address with
+  neither refuses to start unless ``allow_unauthenticated`` says so, because
+  audit events and alerts are sensitive and forged ones are worse.
+* **What is read.**  Bodies are read in chunks against ``max_body_bytes``,
+  and a gzip body is inflated in bounded steps against the same cap, so
+  neither a huge upload nor a gzip bomb is ever held in memory.
+* **What is answered.**  Every refusal has a status, a short stable reason
+  code counted through ``inlet.rejected`` and a one-line message; bodies are
+  never logged.
+
+Content type: ``application/json`` (any parameters) is JSON, and so is a
+request *without* a ``Content-Type`` header, because curl-like shippers and
+some Kubernetes clients omit it; any other declared type is refused (415).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hmac
+import os
+import ssl
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from eventd.config import ConfigError, HttpInputConfig
+from eventd.events.errors import DecodeError
+from eventd.metrics import Metrics
+from eventd.sources.base import Inlet, Source
+
+log = structlog.get_logger(__name__)
+
+#: Reading one body may take this long; the API server gives up after 30 s anyway.
+BODY_TIMEOUT_SECONDS = 30.0
+#: On ``stop``: how long in-flight requests may take to finish before being cut.
+DRAIN_SECONDS = 15.0
+#: Inflate at most this many bytes per step, so a bomb is stopped early.
+_INFLATE_STEP = 256 * 1024
+_GZIP_ENCODINGS = frozenset({"gzip", "x-gzip"})
+_IDENTITY_ENCODINGS = frozenset({"", "identity"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Rejected(Exception):
+    """A request refused with ``status``; ``reason`` is the metrics label."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+def json_response(data: dict[str, Any]) -> web.Response:
+    """A 200 answer with a small JSON summary (senders ignore it; humans read it)."""
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+def busy() -> Rejected:
+    """The pipeline is full: the sender should retry shortly (the API server does)."""
+    return Rejected(503, "busy", "eventd is busy, retry later", {"Retry-After": "1"})
+
+
+def stopping() -> Rejected:
+    """eventd is shutting down: the sender should retry (another replica, or later)."""
+    return Rejected(503, "stopping", "eventd is shutting down, retry later", {"Retry-After": "1"})
+
+
+def count_rejected(inlet: Inlet, source: str, errors: list[DecodeError]) -> None:
+    """Count per-event decode errors, one ``rejected`` call per reason."""
+    by_reason: dict[str, tuple[DecodeError, int]] = {}
+    for err in errors:
+        first, count = by_reason.get(err.reason, (err, 0))
+        by_reason[err.reason] = (first, count + 1)
+    for first, count in by_reason.values():
+        inlet.rejected(source, first, count)
+
+
+class BearerToken:
+    """The token clients must present, re-read when its file changes.
+
+    The file is stat'ed on every request (one cheap syscall) so a rotated
+    Secret takes effect without a restart; if the file vanishes or is empty
+    for a moment (mid-rotation), the previous token stays in force.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self._signature: tuple[int, int, int] | None = None
+        self._token = b""
+        self._unreadable = False
+        try:
+            self._refresh()
+        except OSError as err:
+            raise ConfigError(key, f"cannot read token file {path}: {err.strerror or err}") from None
+        if not self._token:
+            raise ConfigError(key, f"token file {path} is empty")
+
+    def _refresh(self) -> None:
+        st = os.stat(self.path)
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if signature == self._signature:
+            return
+        token = self.path.read_bytes().strip()
+        self._signature = signature
+        if token:
+            self._token = token
+        else:
+            log.warning("token_file_empty", path=str(self.path))
+
+    def matches(self, header: str | None) -> bool:
+        try:
+            self._refresh()
+            self._unreadable = False
+        except OSError as err:
+            if not self._unreadable:  # once per outage, not once per request
+                log.warning("token_file_unreadable", path=str(self.path), error=err.strerror or str(err))
+            self._unreadable = True
+        if not header:
+            return False
+        scheme, _, presented = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self._token)
+
+
+def server_ssl_context(config: HttpInputConfig, key: str) -> ssl.SSLContext | None:
+    """TLS for the listener; a ``client_ca`` makes client certificates mandatory."""
+    tls = config.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"{key}.tls", f"cannot load cert {tls.cert} / key {tls.key}: {err}") from None
+    if tls.client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=tls.client_ca)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"{key}.tls.client_ca", f"cannot load {tls.client_ca}: {err}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class HttpInput(Source):
+    """One HTTP listener feeding the pipeline; subclasses add the routes.
+
+    Construction checks the configuration (and raises ``ConfigError`` naming
+    the key), so a misconfigured input stops the daemon before anything
+    listens.  ``run`` listens until ``stop``.
+    """
+
+    #: Declared content types read as JSON (besides a missing header).
+    content_types: frozenset[str] = frozenset({"application/json"})
+
+    def __init__(self, config: HttpInputConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        key = f"sources.{self.name}"
+        if not config.path.startswith("/"):
+            raise ConfigError(f"{key}.path", f"must start with '/', got {config.path!r}")
+        self._ssl = server_ssl_context(config, key)
+        self._token = BearerToken(config.token_file, f"{key}.token_file") if config.token_file else None
+        mtls = config.tls is not None and config.tls.client_ca is not None
+        if not (config.listen.is_loopback() or mtls or self._token or config.allow_unauthenticated):
+            raise ConfigError(
+                f"{key}.listen",
+                f"refusing to listen on {config.listen} without authentication: set "
+                f"{key}.tls.client_ca or {key}.token_file, or {key}.allow_unauthenticated: true",
+            )
+        if self._token and self._ssl is None and not config.listen.is_loopback():
+            log.warning("token_without_tls", source=self.name, listen=str(config.listen))
+        self._inlet: Inlet | None = None
+        self._ready = False
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = False
+        #: Requests being handled right now (drained by ``stop``).
+        self.in_flight = 0
+        #: ``(host, port)`` actually bound, once listening (port 0 picks one).
+        self.address: tuple[str, int] | None = None
+
+    # ----------------------------------------------------------- subclass API
+
+    @abc.abstractmethod
+    def add_routes(self, app: web.Application) -> None:
+        """Register the input's handlers, usually wrapped with ``post_json``."""
+
+    def parse(self, body: bytes) -> Any:
+        """Decode a body; raise ``Rejected`` (400, ``json``) if it is not JSON."""
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise Rejected(400, "json", f"invalid JSON: {err}") from None
+
+    def post_json(self, accept: Callable[[Any, Inlet], web.Response]) -> Handler:
+        """A handler for ``POST`` of JSON: auth, method, type, bounded body, parse,
+        then ``accept(document, inlet)``, which returns the answer or raises
+        ``Rejected``."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self.authorize(request)
+            if request.method != "POST":
+                raise Rejected(405, "method", "only POST is accepted", {"Allow": "POST"})
+            self._check_content_type(request)
+            body = await self._read_body(request)
+            return accept(self.parse(body), self._active_inlet())
+
+        return self.guarded(handler)
+
+    def guarded(self, handler: Handler) -> Handler:
+        """Count the request as in flight and turn ``Rejected`` into an answer."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if self._stopping.is_set():
+                # A new request on a kept-alive connection: send it elsewhere.
+                response = self._refuse(request, stopping())
+                response.force_close()
+                return response
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                return await handler(request)
+            except Rejected as err:
+                return self._refuse(request, err)
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self._idle.set()
+
+        return wrapped
+
+    def authorize(self, request: web.Request) -> None:
+        """Check the bearer token, if one is configured (TLS did the certificates)."""
+        if self._token is not None and not self._token.matches(request.headers.get("Authorization")):
+            challenge = {"WWW-Authenticate": 'Bearer realm="eventd"'}
+            raise Rejected(401, "unauthorized", "missing or wrong bearer token", challenge)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def run(self, inlet: Inlet) -> None:
+        if self._stopping.is_set():
+            return
+        self._inlet = inlet
+        self._started = True
+        try:
+            runner = await self._listen()
+            try:
+                await self._stopping.wait()
+            finally:
+                await self._drain(runner)
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._started:
+            await self._stopped.wait()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    # ------------------------------------------------------------- internals
+
+    async def _listen(self) -> web.AppRunner:
+        app = web.Application()
+        self.add_routes(app)
+        # Bodies are inflated by ``_read_body`` against the cap, not by aiohttp's
+        # parser.  ``_drain`` has waited for handlers already; what is left after
+        # that gets a short grace.  Requests are logged by ``_refuse``, not here.
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
+        await runner.setup()
+        listen = self.config.listen
+        try:
+            await web.TCPSite(runner, listen.host, listen.port, ssl_context=self._ssl).start()
+        except OSError as err:
+            await runner.cleanup()
+            raise ConfigError(
+                f"sources.{self.name}.listen", f"cannot listen on {listen}: {err.strerror or err}"
+            ) from None
+        host, port = runner.addresses[0][:2]
+        self.address = (host, port)
+        self._ready = True
+        self.metrics.source_up.labels(self.name).set(1)
+        log.info(
+            "http_input_listening",
+            source=self.name,
+            address=f"{host}:{port}",
+            path=self.config.path,
+            tls=self._ssl is not None,
+            client_certificates=self._ssl is not None and self._ssl.verify_mode == ssl.CERT_REQUIRED,
+            token=self._token is not None,
+        )
+        return runner
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        """Close the listener, let in-flight requests finish, then close the rest.
+
+        aiohttp's own graceful shutdown stops reading from busy connections,
+        so a request whose body is still arriving could never finish; hence
+        the wait for ``in_flight`` to reach zero before ``cleanup``.
+        """
+        self._ready = False
+        for site in list(runner.sites):
+            await site.stop()
+        log.info("http_input_stopping", source=self.name, in_flight=self.in_flight)
+        try:
+            await asyncio.wait_for(self._idle.wait(), DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("http_input_drain_timeout", source=self.name, in_flight=self.in_flight)
+        await runner.cleanup()
+        self.metrics.source_up.labels(self.name).set(0)
+
+    def _active_inlet(self) -> Inlet:
+        assert self._inlet is not None, "handlers run only inside run()"
+        return self._inlet
+
+    def _refuse(self, request: web.Request, err: Rejected) -> web.Response:
+        if self._inlet is not None:
+            self._inlet.rejected(self.name, err.reason)
+        log.debug(
+            "http_input_rejected",
+            source=self.name,
+            status=err.status,
+            reason=err.reason,
+            message=str(err),
+            remote=request.remote,
+        )
+        # An unread rest of the body is discarded by aiohttp's lingering close
+        # (bounded in time), so the client gets this answer instead of a reset.
+        return web.Response(status=err.status, text=f"{err}\n", headers=err.headers)
+
+    def _check_content_type(self, request: web.Request) -> None:
+        declared = request.headers.get("Content-Type")
+        if declared is None:
+            return
+        media = declared.partition(";")[0].strip().lower()
+        if media not in self.content_types:
+            raise Rejected(415, "content_type", f"unsupported content type {media[:64]!r}, expected JSON")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise Rejected(413, "too_large", f"body of {length} bytes exceeds the limit of {limit}")
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in _GZIP_ENCODINGS:
+            sink = _Inflater(limit)
+        elif encoding in _IDENTITY_ENCODINGS:
+            sink = _Collector(limit)
+        else:
+            raise Rejected(415, "encoding", f"unsupported content encoding {encoding[:32]!r}")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                while chunk := await request.content.readany():
+                    sink.feed(chunk)
+        except TimeoutError:
+            raise Rejected(408, "timeout", "request body not received in time") from None
+        return sink.result()
+
+
+class _Collector:
+    """Plain body: keep chunks while the total stays within ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise Rejected(413, "too_large", f"body exceeds the limit of {self.limit} bytes")
+        self.parts.append(chunk)
+
+    def result(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Inflater(_Collector):
+    """Gzip body: the compressed bytes and the inflated bytes both obey ``limit``.
+
+    Inflation is bounded per step (``max_length``), so a bomb is refused after
+    at most ``limit`` + one step of output, whatever its ratio.  Concatenated
+    gzip members are valid gzip and are read one after another.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.wire = 0
+        self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, chunk: bytes) -> None:
+        self.wire += len(chunk)
+        if self.wire > self.limit:
+            raise Rejected(413, "too_large", f"compressed body exceeds the limit of {self.limit} bytes")
+        data = chunk
+        while data:
+            try:
+                out = self._gzip.decompress(data, min(_INFLATE_STEP, self.limit - self.size + 1))
+            except zlib.error:
+                raise Rejected(400, "gzip", "invalid gzip body") from None
+            super().feed(out)
+            if self._gzip.eof:
+                data = self._gzip.unused_data
+                if data:
+                    self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                data = self._gzip.unconsumed_tail
+
+    def result(self) -> bytes:
+        if not self._gzip.eof:
+            raise Rejected(400, "gzip", "truncated gzip body")
+        return super().result()
