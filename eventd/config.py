@@ -179,6 +179,9 @@ class KafkaSourceConfig:
     #: Where a new consumer group starts.
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_batch: int = 500
+    #: Consumer-group session: a replica silent this long loses its partitions.
+    #: Kafka brokers accept 6 to 1800 s by default (group.min/max.session.timeout.ms).
+    session_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
