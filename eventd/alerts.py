@@ -163,11 +163,11 @@ def alert_context(event: Event) -> dict[str, Any]:
         return {
             "event_source": event.source,
             "origin": event.origin,
-            "audit_id": doc.get("auditID"),
-            "stage": doc.get("stage"),
-            "verb": doc.get("verb"),
-            "user": user.get("username"),
-            "namespace": ref.get("namespace"),
+            "audit_id": _text(doc.get("auditID")),
+            "stage": _text(doc.get("stage")),
+            "verb": _text(doc.get("verb")),
+            "user": _text(user.get("username")),
+            "namespace": _text(ref.get("namespace")),
             "workload": _workload(ref),
             "images": _pod_images(event),
         }
@@ -191,10 +191,15 @@ def alert_context(event: Event) -> dict[str, Any]:
     }
 
 
+def _text(value: Any) -> str | None:
+    """A context value from the event: strings only (hostile input may hold anything)."""
+    return value if isinstance(value, str) else None
+
+
 def _workload(ref: dict[str, Any]) -> str | None:
     """``resource/name`` (``deployments/web``), or the resource alone on create."""
-    resource = ref.get("resource")
+    resource = _text(ref.get("resource"))
     if not resource:
         return None
-    name = ref.get("name")
+    name = _text(ref.get("name"))
     return f"{resource}/{name}" if name else resource

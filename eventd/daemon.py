@@ -54,7 +54,7 @@ class Daemon:
     def __init__(self, config: Config, matcher: Matcher | None = None) -> None:
         self.config = config
         self._initial_matcher = matcher
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.metrics.label_value_cap)
         self.hostname = config.hostname or os.environ.get("NODE_NAME") or socket.gethostname()
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -75,6 +75,7 @@ class Daemon:
             queue_size=config.queue_size,
             hostname=self.hostname,
             cluster=config.cluster,
+            trusted_registries=config.metrics.trusted_registries,
         )
         self.metrics.rules_loaded.set(len(matcher.ruleset.rules))
         for sink in self.sinks:

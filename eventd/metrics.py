@@ -8,9 +8,20 @@ names into labels (falcosidekick's cardinality explosions).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from eventd import __version__
+
+# ``*_created`` series double every labelled counter for no use on dashboards.
+disable_created_metrics()
 
 
 class Metrics:

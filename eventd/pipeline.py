@@ -22,6 +22,7 @@ from eventd.alerts import Alert, build_alert, falco_passthrough_alert
 from eventd.engine.matcher import Matcher
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO
+from eventd.image_metrics import ImagePullCounter
 from eventd.metrics import Metrics
 from eventd.sinks.base import Sink
 from eventd.sources.base import Batch
@@ -41,8 +42,10 @@ class Pipeline:
         queue_size: int = 256,
         hostname: str = "",
         cluster: str = "",
+        trusted_registries: Sequence[str] = (),
     ) -> None:
         self.matcher = matcher
+        self.image_pulls = ImagePullCounter(metrics, trusted_registries)
         self.sinks = tuple(sinks)
         self.metrics = metrics
         self.hostname = hostname
@@ -120,6 +123,7 @@ class Pipeline:
         alerts: list[Alert] = []
         matched_events = 0
         for event in batch.events:
+            self.image_pulls.observe(event)
             if event.source == FALCO:
                 # Falco alerts are alerts already: forward them, enriched.
                 alerts.append(falco_passthrough_alert(event))
