@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from eventd.metrics import Metrics
-from eventd.sinks.base import Sink
+from eventd.sinks.policy import PolicySink
 from eventd.sources.base import Source
 
 #: ``sources.<key>`` -> "module:Class", constructed as ``Class(section, metrics)``.
@@ -27,6 +27,11 @@ SOURCE_CLASSES = {
 #: ``sinks.<key>`` -> "module:Class", constructed as ``Class(section, metrics)``.
 SINK_CLASSES = {
     "stdout": "eventd.sinks.stdout:StdoutSink",
+    "file": "eventd.sinks.file:FileSink",
+    "kafka": "eventd.sinks.kafka:KafkaSink",
+    "slack": "eventd.sinks.slack:SlackSink",
+    "alertmanager": "eventd.sinks.alertmanager:AlertmanagerSink",
+    "webhook": "eventd.sinks.webhook:WebhookSink",
 }
 
 
@@ -44,10 +49,11 @@ def build_sources(sections: Any, metrics: Metrics) -> list[Source]:
     return sources
 
 
-def build_sinks(sections: Any, metrics: Metrics) -> list[Sink]:
+def build_sinks(sections: Any, metrics: Metrics) -> list[PolicySink]:
+    """Every configured sink, behind its own filters and dedup (``PolicySink``)."""
     sinks = []
     for key, spec in SINK_CLASSES.items():
         section = getattr(sections, key)
         if section is not None:
-            sinks.append(_load(spec)(section, metrics))
+            sinks.append(PolicySink(_load(spec)(section, metrics), section, metrics))
     return sinks

@@ -60,6 +60,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed = False
+        self._reloads: set[asyncio.Future[bool]] = set()  # keep reload tasks referenced
 
     async def run(self) -> int:
         config = self.config
@@ -120,6 +121,15 @@ class Daemon:
             log.info("rules_reloaded", rules=len(matcher.ruleset.rules))
             return True
 
+    def _on_sighup(self) -> None:
+        """Reload rules and reopen file outputs (logrotate sends SIGHUP too)."""
+        for sink in self.sinks:
+            reopen = getattr(sink.inner, "reopen", None)
+            if reopen is not None:
+                reopen()
+        self._reloads.add(task := asyncio.ensure_future(self.reload()))
+        task.add_done_callback(self._reloads.discard)
+
     # ---------------------------------------------------------------- internals
 
     async def _run_source(self, source: Source) -> None:
@@ -138,7 +148,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     async def _watch_rules(self) -> None:
         def stamps() -> dict[Path, float]:

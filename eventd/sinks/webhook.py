@@ -1,0 +1,74 @@
+"""Alerts as JSON to any HTTP endpoint, optionally signed.
+
+The body is exactly ``alert.to_json()`` (one alert per request), so a
+receiver reads the same document as from stdout, a file or Kafka.
+
+Signature scheme (with ``hmac_secret_file``), for receivers to verify:
+
+- ``X-Eventd-Timestamp: <unix seconds>`` (the time of this attempt);
+- ``<signature_header>: sha256=<hex>`` where ``<hex>`` is the lower-case hex
+  HMAC-SHA256, keyed with the secret file's content (surrounding whitespace
+  stripped, UTF-8), of the bytes ``<timestamp>.<body>``: the timestamp header
+  value, one ``.``, then the raw request body as received.
+
+A receiver recomputes the HMAC over the raw body (before any JSON parsing),
+compares in constant time (``hmac.compare_digest``) and rejects timestamps
+too far from its clock (five minutes is usual), so a captured request cannot
+be replayed later.  Retries are signed afresh with a new timestamp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from eventd.alerts import Alert
+from eventd.config import ConfigError, WebhookSinkConfig
+from eventd.metrics import Metrics
+from eventd.sinks.http_delivery import HttpSink, SecretFile
+
+TIMESTAMP_HEADER = "X-Eventd-Timestamp"
+
+
+def signature(key: bytes, timestamp: str, body: bytes) -> str:
+    """The signature header value: ``sha256=`` + HMAC of ``<timestamp>.<body>``."""
+    mac = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookSink(HttpSink):
+    name = "webhook"
+
+    def __init__(self, config: WebhookSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
+        if not config.url:
+            raise ConfigError("sinks.webhook.url", "required when the webhook sink is enabled")
+        super().__init__(config, metrics, **kwargs)
+        self._url = config.url
+        self._signature_header = config.signature_header
+        self._token = SecretFile(config.token_file, "sinks.webhook.token_file") if config.token_file else None
+        self._hmac = (
+            SecretFile(config.hmac_secret_file, "sinks.webhook.hmac_secret_file")
+            if config.hmac_secret_file
+            else None
+        )
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def body(self, alerts: Sequence[Alert]) -> bytes:
+        (alert,) = alerts
+        return alert.to_json()
+
+    def headers(self, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.value()}"
+        if self._hmac is not None:
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[self._signature_header] = signature(self._hmac.value().encode(), timestamp, body)
+        return headers

@@ -1,0 +1,305 @@
+"""PolicySink: per-sink filters, dedup windows, summaries, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventd.alerts import Alert
+from eventd.config import DedupConfig, SinkConfig
+from eventd.engine.priority import Priority
+from eventd.metrics import Metrics
+from eventd.sinks.base import Sink
+from eventd.sinks.policy import PolicySink
+from tests.http_receiver import T0, sample_alert
+
+
+class Recorder(Sink):
+    """The wrapped sink: keeps what it is given and how it was driven."""
+
+    name = "rec"
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.calls: list[str] = []
+        self.ok = True
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    async def flush(self) -> None:
+        self.calls.append("flush")
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+    def healthy(self) -> bool:
+        return self.ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def filtered(metrics: Metrics, reason: str) -> float:
+    return (
+        metrics.registry.get_sample_value("eventd_sink_filtered_total", {"sink": "rec", "reason": reason})
+        or 0
+    )
+
+
+def policy(config: SinkConfig, **kw) -> tuple[PolicySink, Recorder, Metrics, Clock]:
+    inner, metrics, clock = Recorder(), Metrics(), Clock()
+    return PolicySink(inner, config, metrics, clock, **kw), inner, metrics, clock
+
+
+DEDUP = SinkConfig(dedup=DedupConfig(window_seconds=300))
+
+
+# ------------------------------------------------------------------- filters
+
+
+@pytest.mark.asyncio
+async def test_min_priority_sends_alerts_at_least_that_severe() -> None:
+    sink, inner, metrics, _ = policy(SinkConfig(min_priority="error"))
+    for p in (Priority.CRITICAL, Priority.ERROR, Priority.WARNING, Priority.DEBUG):
+        await sink.send(sample_alert(priority=p))
+    assert [a.priority for a in inner.alerts] == [Priority.CRITICAL, Priority.ERROR]
+    assert filtered(metrics, "filter") == 2
+
+
+@pytest.mark.asyncio
+async def test_rule_tag_and_source_filters() -> None:
+    sink, inner, metrics, _ = policy(SinkConfig(rules=("A", "B")))
+    for rule in ("A", "B", "C"):
+        await sink.send(sample_alert(rule))
+    assert [a.rule for a in inner.alerts] == ["A", "B"]
+
+    sink, inner, metrics, _ = policy(SinkConfig(tags=("mitre_execution", "pci")))
+    await sink.send(sample_alert("has one", tags=("k8s", "pci")))
+    await sink.send(sample_alert("has none", tags=("k8s",)))
+    await sink.send(sample_alert("no tags", tags=()))
+    assert [a.rule for a in inner.alerts] == ["has one"]
+    assert filtered(metrics, "filter") == 2
+
+    sink, inner, _, _ = policy(SinkConfig(sources=("syscall",)))
+    await sink.send(sample_alert("audit", source="k8s_audit"))
+    await sink.send(sample_alert("falco", source="syscall"))
+    assert [a.rule for a in inner.alerts] == ["falco"]
+
+
+@pytest.mark.asyncio
+async def test_filters_combine_with_and() -> None:
+    sink, inner, _, _ = policy(SinkConfig(min_priority="warning", rules=("A",), sources=("k8s_audit",)))
+    await sink.send(sample_alert("A", Priority.NOTICE))
+    await sink.send(sample_alert("A", Priority.WARNING, source="syscall"))
+    await sink.send(sample_alert("A", Priority.WARNING))
+    assert len(inner.alerts) == 1
+
+
+# --------------------------------------------------------------------- dedup
+
+
+@pytest.mark.asyncio
+async def test_dedup_sends_once_then_one_summary_with_the_count() -> None:
+    sink, inner, metrics, clock = policy(DEDUP)
+    first = sample_alert(time_ns=T0)
+    await sink.send(first)
+    for i in range(1, 5):
+        clock.now += 10
+        await sink.send(sample_alert(time_ns=T0 + i * 10**9))
+    assert inner.alerts == [first]
+    assert filtered(metrics, "duplicate") == 4
+
+    await sink.flush()  # window not over yet: nothing more
+    assert len(inner.alerts) == 1
+    clock.now = 1000.0 + 300
+    await sink.flush()
+    assert len(inner.alerts) == 2
+    summary = inner.alerts[1]
+    assert summary.output == f"[repeated 4 more times in 300s] {first.output}"
+    assert (summary.rule, summary.priority, summary.source, summary.tags) == (
+        first.rule,
+        first.priority,
+        first.source,
+        first.tags,
+    )
+    assert summary.output_fields == {**first.output_fields, "eventd.repeat_count": 4}
+    assert summary.context["repeat_count"] == 4
+    assert summary.context["first_seen"] == "2026-11-29T10:00:00.123456789Z"
+    assert summary.context["last_seen"] == "2026-11-29T10:00:04.123456789Z"
+    assert summary.context["namespace"] == first.context["namespace"]
+    assert summary.uuid != first.uuid
+    assert "eventd.repeat_count" not in first.output_fields  # the original is untouched
+    await sink.flush()
+    assert len(inner.alerts) == 2  # exactly one summary
+
+
+@pytest.mark.asyncio
+async def test_summary_uuid_is_deterministic() -> None:
+    """Re-processing the same events (at-least-once) yields the same summary uuid."""
+    original = sample_alert()
+    uuids = []
+    for start in (1000.0, 5000.0):  # the daemon's clock differs between runs
+        sink, inner, _, clock = policy(DEDUP)
+        clock.now = start
+        for _ in range(3):
+            await sink.send(dataclasses.replace(original))
+        clock.now += 301
+        await sink.flush()
+        uuids.append(inner.alerts[-1].uuid)
+    assert uuids[0] == uuids[1] != original.uuid
+    sink, inner, _, clock = policy(DEDUP)
+    for _ in range(2):
+        await sink.send(dataclasses.replace(original, uuid=sample_alert().uuid))
+    await sink.close()
+    assert inner.alerts[-1].uuid not in uuids  # another original, another summary
+
+
+@pytest.mark.asyncio
+async def test_different_key_values_are_not_merged() -> None:
+    sink, inner, metrics, _ = policy(DEDUP)
+    await sink.send(sample_alert(namespace="a"))
+    await sink.send(sample_alert(namespace="b"))
+    await sink.send(sample_alert(namespace="a", images=("nginx:1.25",)))
+    await sink.send(sample_alert(namespace="a", workload="deployments/web"))
+    await sink.send(sample_alert("Other rule", namespace="a"))
+    await sink.send(sample_alert(namespace="a", user="mallory"))  # user is not a key: merged
+    assert len(inner.alerts) == 5
+    assert filtered(metrics, "duplicate") == 1
+
+
+@pytest.mark.asyncio
+async def test_configured_keys_decide_identity() -> None:
+    sink, inner, _, _ = policy(SinkConfig(dedup=DedupConfig(keys=("user",))))
+    await sink.send(sample_alert(namespace="a", user="alice"))
+    await sink.send(sample_alert(namespace="b", user="alice"))
+    await sink.send(sample_alert(namespace="a", user="bob"))
+    assert [a.context["user"] for a in inner.alerts] == ["alice", "bob"]
+
+
+@pytest.mark.asyncio
+async def test_after_the_window_the_alert_is_sent_again() -> None:
+    sink, inner, _, clock = policy(DEDUP)
+    await sink.send(sample_alert())
+    clock.now += 301
+    await sink.send(sample_alert())  # closes the old window (no repeats: no summary)
+    assert len(inner.alerts) == 2
+    assert all("repeat_count" not in a.context for a in inner.alerts)
+
+    await sink.send(sample_alert())
+    clock.now += 301
+    await sink.send(sample_alert())  # the late arrival first closes the window with its summary
+    assert [a.context.get("repeat_count") for a in inner.alerts[2:]] == [1, None]
+
+
+@pytest.mark.asyncio
+async def test_no_summary_when_disabled() -> None:
+    sink, inner, metrics, clock = policy(SinkConfig(dedup=DedupConfig(summary=False)))
+    for _ in range(3):
+        await sink.send(sample_alert())
+    clock.now += 301
+    await sink.close()
+    assert len(inner.alerts) == 1
+    assert filtered(metrics, "duplicate") == 2
+
+
+@pytest.mark.asyncio
+async def test_without_dedup_every_alert_passes() -> None:
+    sink, inner, _, _ = policy(SinkConfig())
+    for _ in range(3):
+        await sink.send(sample_alert())
+    assert len(inner.alerts) == 3
+
+
+@pytest.mark.asyncio
+async def test_close_sends_pending_summaries_before_closing_the_inner_sink() -> None:
+    sink, inner, _, _ = policy(DEDUP)
+    await sink.send(sample_alert(namespace="a"))
+    await sink.send(sample_alert(namespace="a"))
+    await sink.send(sample_alert(namespace="b"))
+    await sink.close()
+    assert [a.context.get("repeat_count") for a in inner.alerts] == [None, None, 1]
+    assert inner.calls[-1] == "close"
+
+
+@pytest.mark.asyncio
+async def test_open_windows_are_capped_and_the_oldest_summarised() -> None:
+    sink, inner, _, _ = policy(DEDUP, max_windows=3)
+    await sink.send(sample_alert(namespace="ns-0"))
+    await sink.send(sample_alert(namespace="ns-0"))
+    for i in range(1, 50):
+        await sink.send(sample_alert(namespace=f"ns-{i}"))
+        assert len(sink._windows) <= 3
+    summaries = [a for a in inner.alerts if "repeat_count" in a.context]
+    assert [(a.context["namespace"], a.context["repeat_count"]) for a in summaries] == [("ns-0", 1)]
+    assert len(inner.alerts) == 51
+
+
+@pytest.mark.asyncio
+async def test_background_task_sends_summaries_when_windows_close() -> None:
+    inner = Recorder()
+    sink = PolicySink(inner, SinkConfig(dedup=DedupConfig(window_seconds=0.05)), Metrics())
+    await sink.start()
+    try:
+        await sink.send(sample_alert())
+        await sink.send(sample_alert())
+        async with asyncio.timeout(5):
+            while len(inner.alerts) < 2:
+                await asyncio.sleep(0.01)
+        assert inner.alerts[1].context["repeat_count"] == 1
+        assert inner.alerts[1].output.startswith("[repeated 1 more times in 0.05s] ")
+    finally:
+        await sink.close()
+    assert len(inner.alerts) == 2
+
+
+@pytest.mark.asyncio
+async def test_lifecycle_and_health_delegate_to_the_inner_sink() -> None:
+    sink, inner, _, _ = policy(SinkConfig())
+    assert sink.name == "rec"
+    await sink.start()
+    await sink.flush()
+    inner.ok = False
+    assert not sink.healthy()
+    await sink.close()
+    assert inner.calls == ["start", "flush", "close"]
+
+
+# ------------------------------------------------------------------ property
+
+_keys = st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["ns-a", "ns-b", "ns-c"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_keys, max_size=40))
+def test_within_one_window_each_key_is_sent_once_and_repeats_are_summarised(keys) -> None:
+    async def scenario() -> list[Alert]:
+        sink, inner, _, _ = policy(DEDUP)
+        for rule, ns in keys:
+            await sink.send(sample_alert(rule, namespace=ns))
+        await sink.close()
+        return inner.alerts
+
+    alerts = asyncio.run(scenario())
+    seen = Counter(keys)
+    firsts = [(a.rule, a.context["namespace"]) for a in alerts if "repeat_count" not in a.context]
+    summaries = {
+        (a.rule, a.context["namespace"]): a.context["repeat_count"]
+        for a in alerts
+        if "repeat_count" in a.context
+    }
+    assert sorted(firsts) == sorted(seen)
+    assert summaries == {k: n - 1 for k, n in seen.items() if n > 1}
