@@ -6,10 +6,12 @@ the scan goes on.  A file whose first lines are all bad is not audit data at
 all, which is an error, not a stream of complaints.
 
 The prefilter (see ``engine.index``) decodes only a small header of each
-line and lets lines that no rule can match skip the full decode; it is a
-validating JSON parser, so malformed lines are still reported.  Events
-skipped that way are counted as skipped, not decoded (``--no-prefilter``
-decodes every event).
+line and lets lines that no rule can match skip the full decode.  It checks
+the JSON syntax of the whole line, so broken lines are still reported; it
+does not apply every check of the full decoder to the parts it skips
+(invalid UTF-8 inside a string, a number too large for a double) nor the
+audit-event checks (a missing ``stageTimestamp``), since no rule could
+match such a line anyway.  ``--no-prefilter`` decodes and checks every line.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class Scanner:
                 # once per input line and most lines end here.
                 wanted = [i for i, line in enumerate(chunk) if not skippable(line)]
                 stats.skipped += len(chunk) - len(wanted)
+                # A skipped line decoded as an audit event or a Falco alert
+                # header: evidence that this input is audit data.
+                self._good += len(chunk) - len(wanted)
             for i in wanted:
                 line = chunk[i]
                 if len(line) < 3 and not line.strip():

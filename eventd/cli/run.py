@@ -7,10 +7,6 @@ import asyncio
 import os
 
 from eventd.cli.common import EXIT_USAGE, error
-from eventd.config import ConfigError, load_config
-from eventd.daemon import Daemon, build_matcher
-from eventd.engine.errors import RuleError
-from eventd.logs import configure_logging
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,6 +33,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the daemon pulls in aiohttp, gRPC and Kafka clients, which
+    # `eventd scan` and the other commands do not need to pay for at start-up.
+    from eventd.config import ConfigError, load_config
+    from eventd.daemon import Daemon, build_matcher
+    from eventd.engine.errors import RuleError
+    from eventd.logs import configure_logging
+
     try:
         config = load_config(args.config)
     except ConfigError as err:

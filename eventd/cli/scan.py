@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             except NotAuditData as err:
                 error(str(err))
                 status = EXIT_INPUT
+            except BrokenPipeError:
+                raise  # `| head`: cli.main ends quietly
             except OSError as err:
                 error(f"{path}: {err.strerror or err}")
                 status = EXIT_INPUT

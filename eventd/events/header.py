@@ -69,7 +69,9 @@ def is_falco_alert(header: Any) -> bool:
     )
 
 
-HeaderError = (msgspec.DecodeError, msgspec.ValidationError)
+#: What a header decode may raise; msgspec refuses very deep nesting with
+#: RecursionError, which must not end a scan.
+HeaderError = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 decode_header: Callable[[bytes], Header] = msgspec.json.Decoder(Header).decode
 
 #: Where each indexable ``ka.*`` field's value sits in a ``Header``.  Must
