@@ -73,6 +73,13 @@ class Metrics:
         self.source_reconnects = Counter(
             "eventd_source_reconnects_total", "Reconnections of streaming sources.", ["source"], registry=r
         )
+        self.source_possible_loss = Counter(
+            "eventd_source_possible_loss_total",
+            "Times input may have been lost before eventd read it, by source and reason "
+            "(a log truncated by copytruncate, a checkpointed file pruned while eventd was down).",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_up = Gauge(
             "eventd_source_up", "1 while a source is connected / listening.", ["source"], registry=r
         )
