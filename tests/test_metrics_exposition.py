@@ -94,6 +94,7 @@ def exercised() -> dict[str, Any]:
         metrics.events_dropped.labels(source, "duplicate").inc()
         metrics.source_reconnects.labels(source).inc()
         metrics.source_up.labels(source).set(1)
+        metrics.source_possible_loss.labels(source, "truncated").inc()
     metrics.rule_reloads.labels("ok").inc()
     metrics.rule_reloads.labels("refused").inc()
     for name in SINK_NAMES:
