@@ -1,7 +1,9 @@
 """Bytes -> events: one line or one request body, audit data or a Falco alert.
 
 The kind of input is detected per document, because a file or a Kafka topic
-may mix both (``falco -o json_output=true`` next to an audit log).
+may mix both (``falco -o json_output=true`` next to an audit log).  Records
+of managed clusters (GKE, AKS) are unwrapped into native Events first, so
+every input path accepts them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from eventd.events.audit import NOT_AUDIT, audit_events, looks_like_audit
 from eventd.events.errors import DecodeError
 from eventd.events.falco_json import falco_alert_event, looks_like_falco_alert
 from eventd.events.model import Event
+from eventd.events.wrappers import unwrap
 
 
 def decode_document(data: bytes | str, origin: str = "file") -> tuple[list[Event], list[DecodeError]]:
@@ -28,7 +31,14 @@ def decode_document(data: bytes | str, origin: str = "file") -> tuple[list[Event
 
 
 def decode_object(obj: object, origin: str = "file") -> tuple[list[Event], list[DecodeError]]:
-    """Like ``decode_document`` for an already decoded JSON value."""
+    """Like ``decode_document`` for an already decoded JSON value.
+
+    Unwrapped GKE/AKS events get ``origin`` ``gke``/``aks`` instead of ``origin``.
+    """
+    unwrapped = unwrap(obj)
+    if unwrapped is not None:
+        events, errors = audit_events(unwrapped.data, unwrapped.origin)
+        return events, unwrapped.errors + errors
     if looks_like_falco_alert(obj):
         return [falco_alert_event(obj, origin)], []
     if looks_like_audit(obj) or isinstance(obj, list):
