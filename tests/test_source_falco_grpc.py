@@ -208,9 +208,9 @@ def test_backoff_grows_and_is_capped() -> None:
         ceilings.append(backoff.ceiling())
         delays.append(backoff.next_delay())
     assert ceilings == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
-    # Full jitter: uniform in [0, ceiling), drawn from the given RNG.
-    assert delays == [reference.uniform(0.0, c) for c in ceilings]
-    assert all(0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    # Jitter: uniform in [ceiling/2, ceiling], drawn from the given RNG.
+    assert delays == [reference.uniform(c / 2, c) for c in ceilings]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     backoff.reset()
     assert backoff.ceiling() == 0.5
 

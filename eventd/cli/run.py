@@ -54,4 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"config ok; {len(matcher.ruleset.rules)} rules loaded")
         return 0
-    return asyncio.run(Daemon(config, matcher).run())
+    try:
+        return asyncio.run(Daemon(config, matcher).run())
+    except ConfigError as err:  # raised by a source or sink checking its files at start
+        error(f"config refused: {err}")
+        return EXIT_USAGE

@@ -21,7 +21,6 @@ import abc
 import asyncio
 import email.utils
 import os
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +31,7 @@ import aiohttp
 import structlog
 
 from eventd.alerts import Alert
+from eventd.backoff import backoff_delay
 from eventd.config import ClientTLS, ConfigError, HttpSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.base import Sink
@@ -275,7 +275,7 @@ class HttpSink(Sink):
             if delay is None:
                 # Exponential backoff with jitter: synchronised retries from many
                 # workers (or replicas) would hit a recovering receiver together.
-                delay = self.config.retry_backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt, self.config.retry_backoff_seconds, MAX_RETRY_DELAY)
             attempt += 1
             self._m_retries.inc()
             log.warning("sink_retry", sink=self.name, reason=outcome.reason, attempt=attempt, delay=delay)

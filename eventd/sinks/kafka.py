@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from aiokafka.errors import (
 )
 
 from eventd.alerts import Alert
+from eventd.backoff import backoff_delay
 from eventd.config import ConfigError, KafkaRoute, KafkaSinkConfig
 from eventd.engine.priority import Priority
 from eventd.kafka_client import client_options
@@ -332,7 +332,7 @@ class KafkaSink(Sink):
     def _backoff(self, failures: int) -> float:
         """Capped exponential delay with jitter, so many eventd instances do
         not reconnect in lockstep after a broker outage."""
-        return min(self._backoff_max, self._backoff_initial * 2**failures) * random.uniform(0.5, 1.0)
+        return backoff_delay(failures, self._backoff_initial, self._backoff_max)
 
     async def _deliver(self, records: list[tuple[int, bytes]]) -> tuple[int, int, BaseException | None]:
         """Produce ``records``.  Returns how many of them, from the first, are

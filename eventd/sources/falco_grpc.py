@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 
+from eventd.backoff import Backoff
 from eventd.config import ConfigError, FalcoGrpcConfig
 from eventd.events.errors import DecodeError
 from eventd.events.falco_grpc import response_event
@@ -53,36 +54,6 @@ MAX_BATCH = 256
 VERSION_TIMEOUT_SECONDS = 10.0
 
 _WAKE = object()
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter.
-
-    The n-th consecutive failure waits a uniformly random time in
-    ``[0, min(maximum, initial * 2**n))``: the ceiling doubles per failure up
-    to ``maximum``, and the randomness spreads reconnecting clients apart.
-    """
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = max(initial, maximum)
-        self._rng = rng or random.Random()
-        self.failures = 0
-
-    def ceiling(self) -> float:
-        """The upper bound of the next delay."""
-        # min() on the exponent first: 2**failures overflows floats after ~1000 failures.
-        return min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; counts one more failure."""
-        delay = self._rng.uniform(0.0, self.ceiling())
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        """After a healthy connection the next failure starts small again."""
-        self.failures = 0
 
 
 class FalcoGrpcSource(Source):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from collections.abc import Collection
@@ -32,6 +31,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from eventd.backoff import Backoff
 from eventd.config import ConfigError, KafkaSourceConfig
 from eventd.events.decode import decode_document
 from eventd.events.errors import DecodeError
@@ -149,15 +149,16 @@ class KafkaSource(Source):
         self._running = True
         self._finished.clear()
         reconnects = self._metrics.source_reconnects.labels(self.name)
-        failures = 0
+        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         try:
             while not self._stopping.is_set():
                 healthy = await self._session(inlet)
                 if self._stopping.is_set():
                     break
                 reconnects.inc()
-                failures = 0 if healthy else failures + 1
-                delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** min(failures, 16)))
+                if healthy:
+                    backoff.reset()
+                delay = backoff.next_delay()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
