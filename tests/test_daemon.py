@@ -177,3 +177,26 @@ def test_embedded_default_listens_on_loopback_ports(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_watch_rules_reloads_when_a_rule_file_changes(tmp_path: Path, rules_file: Path) -> None:
+    port = free_port()
+    proc = EventdProcess(
+        tmp_path,
+        {
+            "rules": [str(rules_file)],
+            "watch_rules": True,
+            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
+            "sinks": {"stdout": {}},
+        },
+    )
+    try:
+        proc.wait_ready()
+        rules_file.write_text(EXTRA_RULE)
+        proc.wait_for(lambda: proc.metric("eventd_rule_reloads_total", result="ok") == 1, what="reload")
+        event = audit_event(request=pod("nginx"), namespace="reload-test", auditID="watched")
+        assert _post(f"http://127.0.0.1:{port}/k8s-audit", _event_list(event)) == 200
+        proc.wait_for(lambda: proc.alerts, what="alert from the new rule")
+        assert proc.alerts[0]["rule"] == "Pod in namespace reload-test"
+    finally:
+        proc.kill()
