@@ -71,8 +71,11 @@ def event_identity(event: Event) -> str:
     doc = event.doc
     if event.source == K8S_AUDIT and isinstance(doc.get("auditID"), str):
         return f"audit:{doc['auditID']}:{doc.get('stage', '')}"
-    digest = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"{event.source}:{digest}"
+    try:
+        text = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # nested beyond orjson's limit: still a stable identity
+        text = repr(doc).encode()
+    return f"{event.source}:{hashlib.sha256(text).hexdigest()}"
 
 
 def alert_uuid(rule_name: str, event: Event) -> str:

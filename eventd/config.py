@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import types
 import typing
@@ -54,7 +55,7 @@ class Listen:
     @classmethod
     def parse(cls, text: str, key: str) -> Listen:
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
             raise ConfigError(key, f"expected host:port, got {text!r}")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not host:
@@ -365,8 +366,12 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
             text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError("", f"cannot read config {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError("", f"{path}: not UTF-8 text (byte {err.start})") from None
         try:
             loaded = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError("", f"{path}: nested too deeply") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -386,9 +391,13 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(parts):
+            raise ConfigError(
+                name, f"environment variable {name} names no setting (use EVENTD_<KEY>__<SUBKEY>)"
+            )
         try:
             value = yaml.safe_load(environ[name])
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ConfigError(
                 ".".join(parts), f"environment variable {name} is not a valid YAML value"
             ) from None
@@ -477,7 +486,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build(tp, {} if value is None else value, key)
     if tp is Path:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise ConfigError(key, f"expected a path, got {_shown(value)}")
         return Path(value)
     if tp is bool:
@@ -489,8 +498,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected a positive integer, got {_shown(value)}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(key, f"expected a non-negative number, got {_shown(value)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise ConfigError(key, f"expected a finite non-negative number, got {_shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

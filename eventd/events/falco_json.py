@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from eventd.engine.priority import Priority
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO, Event
@@ -51,6 +53,11 @@ def falco_alert_event(obj: Any, origin: str = "file") -> Event:
         obj["output_fields"] = {}
     elif not isinstance(fields, dict):
         raise DecodeError("shape", "Falco alert 'output_fields' is not an object")
+    else:
+        try:  # the alert is forwarded as JSON: it must be writable again
+            orjson.dumps(fields)
+        except orjson.JSONEncodeError:
+            raise DecodeError("shape", "Falco alert 'output_fields' nest too deeply to forward") from None
     tags = obj.get("tags")
     if tags is None:
         obj["tags"] = []

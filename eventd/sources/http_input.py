@@ -46,6 +46,10 @@ log = structlog.get_logger(__name__)
 
 #: Reading one body may take this long; the API server gives up after 30 s anyway.
 BODY_TIMEOUT_SECONDS = 30.0
+#: A connection must deliver a complete request head within this time, and
+#: an idle keep-alive connection is closed after it: slow-header clients
+#: (slow-loris) cannot hold descriptors for aiohttp's default of an hour.
+HEADER_TIMEOUT_SECONDS = 15.0
 #: On ``stop``: how long in-flight requests may take to finish before being cut.
 DRAIN_SECONDS = 15.0
 #: Inflate at most this many bytes per step, so a bomb is stopped early.
@@ -287,7 +291,13 @@ class HttpInput(Source):
         # Bodies are inflated by ``_read_body`` against the cap, not by aiohttp's
         # parser.  ``_drain`` has waited for handlers already; what is left after
         # that gets a short grace.  Requests are logged by ``_refuse``, not here.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            auto_decompress=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=HEADER_TIMEOUT_SECONDS,
+        )
         await runner.setup()
         listen = self.config.listen
         try:
