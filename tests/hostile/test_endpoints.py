@@ -471,7 +471,7 @@ def test_wrong_paths_and_types_are_refused(daemon: Daemon) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Known limitation (observability): requests refused by aiohttp before eventd's handler runs are not "
+    reason="Known limitation (observability): requests aiohttp refuses before eventd's handler runs are not "
     "counted in eventd_events_rejected_total: HTTP parse errors (header floods, broken framing: "
     "400 from aiohttp's parser) and unknown paths (404 from the router) leave every counter of the "
     "source unchanged, so an attack of that kind is invisible on dashboards. eventd/sources/"
