@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from eventd.alerts import Alert, build_alert
 from eventd.engine.matcher import Matcher
@@ -208,27 +208,13 @@ def _chunks(lines: Iterable[bytes], streaming: bool = False) -> Iterator[list[by
         yield chunk
 
 
-def scan_paths(
-    paths: Iterable[str | Path],
-    ruleset: RuleSet,
-    *,
-    on_alert: Callable[[Alert], None] | None = None,
-    on_reject: RejectHandler | None = None,
-    prefilter: bool = True,
-    rule_matching: str = "first",
-    min_priority: Priority = Priority.DEBUG,
-    hostname: str = "",
-) -> ScanStats:
-    """Scan files in order and return the statistics (the API the bench uses)."""
-    scanner = Scanner(
-        ruleset,
-        on_alert=on_alert,
-        on_reject=on_reject,
-        prefilter=prefilter,
-        rule_matching=rule_matching,
-        min_priority=min_priority,
-        hostname=hostname,
-    )
+def scan_paths(paths: Iterable[str | Path], ruleset: RuleSet, **options: Any) -> ScanStats:
+    """Scan files in order and return the statistics (the API the bench uses).
+
+    ``options`` are ``Scanner``'s keyword arguments (``on_alert``,
+    ``prefilter``, ``rule_matching``...).
+    """
+    scanner = Scanner(ruleset, **options)
     for path in paths:
         scanner.scan_path(str(path))
     return scanner.stats
