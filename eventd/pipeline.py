@@ -125,8 +125,12 @@ class Pipeline:
         for event in batch.events:
             self.image_pulls.observe(event)
             if event.source == FALCO:
-                # Falco alerts are alerts already: forward them, enriched.
-                alerts.append(falco_passthrough_alert(event))
+                # Falco alerts are alerts already: forward them, enriched.  Their
+                # rule names come from the sender, so the label is capped.
+                passed = falco_passthrough_alert(event)
+                rule = metrics.capped("falco_rule", passed.rule)
+                metrics.alerts.labels(rule, passed.priority.label, passed.source).inc()
+                alerts.append(passed)
             rules = matcher.match(event)
             if rules:
                 matched_events += 1

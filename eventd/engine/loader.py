@@ -20,6 +20,7 @@ only when everything compiled, so nothing is ever half-loaded.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,12 +39,12 @@ from eventd.engine.exceptions import (
 from eventd.engine.fields import default_registry
 from eventd.engine.fields.base import FieldSet, Registry
 from eventd.engine.lists import LIST_NAME, ListDef, resolve_lists, substitute_lists
-from eventd.engine.macros import expand_macros
+from eventd.engine.macros import Expanded, expand_body, expand_macros
 from eventd.engine.output import OutputFormat, UnknownOutputField
 from eventd.engine.parser import parse_condition
 from eventd.engine.priority import Priority
 from eventd.engine.ruleset import Rule, RuleSet
-from eventd.engine.versions import Version, engine_problem, implicit_engine_version, plugin_problem
+from eventd.engine.versions import Version, engine_problem, parse_engine_requirement, plugin_problem
 from eventd.engine.yamlsrc import (
     Map,
     Scalar,
@@ -343,16 +344,14 @@ class _Reader:
         text = decode_str(item, key, where)
         assert text is not None
         line = item.key_line(key)
-        required = implicit_engine_version(int(text)) if text.isascii() and text.isdigit() else None
+        required = parse_engine_requirement(text)
         if required is None:
-            required = Version.parse(text)
-            if required is None:
-                raise where.error(
-                    f"Unable to parse engine version '{text}' as a semver string. "
-                    'Expected "x.y.z" semver format.',
-                    key=key,
-                    line=line,
-                )
+            raise where.error(
+                f"Unable to parse engine version '{_shorten(text)}' as a semver string. "
+                'Expected "x.y.z" semver format.',
+                key=key,
+                line=line,
+            )
         problem = engine_problem(required)
         if problem is not None:
             raise where.error(problem, key=key, line=line)
@@ -379,7 +378,9 @@ class _Reader:
             seen: set[str] = set()
             for name, version in alternatives:
                 if Version.parse(version) is None:
-                    raise pwhere.error(f"Invalid required version '{version}' for plugin '{name}'", key=key)
+                    raise pwhere.error(
+                        f"Invalid required version '{_shorten(version)}' for plugin '{name}'", key=key
+                    )
                 if name in seen:
                     raise pwhere.error(
                         f"Defined multiple alternative version requirements for plugin '{name}'", key=key
@@ -605,6 +606,11 @@ class _Reader:
 # --------------------------------------------------------------------------- compiling
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut for a message: hostile values can be megabytes long."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _located(err: RuleError, where: Where, key: str) -> RuleError:
     return err.located(file=where.file, line=where.line, item=where.item, key=key)
 
@@ -630,32 +636,32 @@ def _compile(col: _Collector) -> _Compiled:
     """Compile everything collected so far (Falco's ``rule_loader::compiler``)."""
     warnings: list[str] = []
     list_items, used_lists = resolve_lists(
-        [ListDef(li.name, tuple(li.items), li.index, li.visibility) for li in col.lists.values()]
+        [ListDef(li.name, tuple(li.items), li.index, li.visibility, li.where) for li in col.lists.values()]
     )
     list_pairs = list(list_items.items())
 
     def parse(cond: str, where: Where) -> Node:
-        text, used = substitute_lists(cond, list_pairs)
-        used_lists.update(used)
         try:
+            text, used = substitute_lists(cond, list_pairs)
+            used_lists.update(used)
             return parse_condition(text, max_depth=MAX_CONDITION_DEPTH)
         except RuleError as err:
             raise _located(err, where, "condition") from None
 
     # Macros: each body parsed alone, then expanded with the macros it can see.
     parsed = {m.name: parse(m.cond, m.cond_where) for m in col.macros.values()}
-    expanded: dict[str, Node] = {}
+    expanded: dict[str, Expanded] = {}
     used_macros: set[str] = set()
     for m in col.macros.values():
 
-        def visible(name: str, vis: int = m.visibility) -> Node | None:
+        def visible(name: str, vis: int = m.visibility) -> Node | Expanded | None:
             info = col.macros.get(name)
             if info is None or info.index >= vis:
                 return None
             return expanded.get(name, parsed[name])
 
         try:
-            expanded[m.name], used = expand_macros(parsed[m.name], visible)
+            expanded[m.name], used = expand_body(parsed[m.name], visible)
         except RuleError as err:
             raise _located(err, m.cond_where, "condition") from None
         used_macros.update(used)
@@ -728,8 +734,13 @@ def load_rules_text(sources: Sequence[tuple[str, str]], *, registry: Registry | 
     col = _Collector(registry if registry is not None else default_registry())
     compiled = _Compiled([], [], [])
     for name, text in sources:
-        _Reader(col, name).read(text)
-        compiled = _compile(col)  # as Falco: every file must compile given those before it
+        try:
+            _Reader(col, name).read(text)
+            compiled = _compile(col)  # as Falco: every file must compile given those before it
+        except RecursionError:
+            # Every nesting has its own limit; this is the net under them, so
+            # that no input can escape as anything but a ``RuleError``.
+            raise RuleError("rules nested too deeply to load", file=name) from None
     return RuleSet(
         rules=tuple(compiled.rules),
         files=tuple(name for name, _ in sources),
@@ -760,5 +771,19 @@ def load_rules(
     """
     if rule_matching not in RULE_MATCHING:
         raise ValueError(f"rule_matching must be one of {RULE_MATCHING}, not {rule_matching!r}")
-    sources = [(str(f), f.read_text(encoding="utf-8-sig")) for f in rule_files(paths)]
+    sources = [(str(f), _read_text(f)) for f in rule_files(paths)]
     return load_rules_text(sources, registry=registry)
+
+
+def _read_text(path: Path) -> str:
+    """The file as text (a UTF-8 BOM is dropped); invalid UTF-8 is a ``RuleError``."""
+    raw = path.read_bytes()
+    data = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RuleError(
+            f"invalid UTF-8 at byte offset {err.start + len(raw) - len(data)} ({err.reason})",
+            file=str(path),
+            line=data.count(b"\n", 0, err.start) + 1,
+        ) from None

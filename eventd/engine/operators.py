@@ -32,15 +32,25 @@ ScalarPredicate: TypeAlias = Callable[[Scalar], bool]
 _DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?")
 _HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 _HEX_BYTES = re.compile(r"(?:[0-9a-fA-F]{2})*")
+#: The longest decimal integer a condition may hold: the lowest digit limit
+#: Python's ``int()`` can be configured to, so that no setting makes it fail.
+MAX_NUMBER_DIGITS = 640
 
 
 def parse_number(text: str) -> int | float | None:
-    """The number ``text`` spells (decimal or ``0x`` hex), else ``None``."""
+    """The number ``text`` spells (decimal or ``0x`` hex), else ``None``.
+
+    A decimal integer longer than ``MAX_NUMBER_DIGITS`` is a ``RuleError``:
+    ``int()`` would refuse it with a ``ValueError`` (CVE-2020-10735 guard).
+    """
     if _HEX.fullmatch(text):
-        return int(text, 16)
+        return int(text, 16)  # power-of-two bases have no digit limit
     if _DECIMAL.fullmatch(text):
         if "." in text or "e" in text or "E" in text:
             return float(text)
+        digits = len(text.lstrip("+-"))
+        if digits > MAX_NUMBER_DIGITS:
+            raise RuleError(f"number too long: {digits} digits (at most {MAX_NUMBER_DIGITS})")
         return int(text)
     return None
 

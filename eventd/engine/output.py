@@ -24,6 +24,10 @@ from eventd.events.model import Event
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
 _TRANSFORMER = re.compile(r"([a-z0-9]+)\(")
 _DIGITS = re.compile(r"[0-9]+")
+#: The widest ``%<width>field`` an output may ask for.
+MAX_WIDTH = 10_000
+#: The most transformers one output token may nest (``toupper(tolower(f))`` is 2).
+MAX_TRANSFORMERS = 64
 
 
 class UnknownOutputField(FieldError):
@@ -78,7 +82,12 @@ class OutputFormat:
                     raise RuleError(
                         "invalid formatting syntax: formatting cannot end with a number", offset=i
                     )
-                width = int(m.group())
+                digits = m.group().lstrip("0")
+                if len(digits) > len(str(MAX_WIDTH)) or int(digits or "0") > MAX_WIDTH:
+                    raise RuleError(
+                        f"invalid formatting syntax: width too large (at most {MAX_WIDTH})", offset=i
+                    )
+                width = int(digits or "0")
                 j = m.end()
             try:
                 ref, end = _parse_token(text, j, fields)
@@ -113,12 +122,24 @@ class OutputFormat:
 
 def _parse_token(text: str, pos: int, fields: FieldSet) -> tuple[FieldRef, int]:
     """Read one field reference at ``pos``; return it and where it ends."""
-    m = _TRANSFORMER.match(text, pos)
-    if m is not None and m.group(1) in TRANSFORMERS:
-        inner, end = _parse_token(text, m.end(), fields)
+    starts: list[int] = []  # where each transformer begins, outermost first
+    names: list[str] = []
+    while (m := _TRANSFORMER.match(text, pos)) is not None and m.group(1) in TRANSFORMERS:
+        if len(names) == MAX_TRANSFORMERS:
+            raise RuleError(f"invalid formatting token: more than {MAX_TRANSFORMERS} nested transformers")
+        starts.append(pos)
+        names.append(m.group(1))
+        pos = m.end()
+    ref, end = _parse_field(text, pos, fields)
+    for start in reversed(starts):
         if end >= len(text) or text[end] != ")":
-            raise FieldError(f"invalid formatting token '{text[pos:end]}': missing ')'")
-        return FieldRef(inner.name, inner.arg, (m.group(1), *inner.transformers)), end + 1
+            raise FieldError(f"invalid formatting token '{text[start:end]}': missing ')'")
+        end += 1
+    return FieldRef(ref.name, ref.arg, tuple(names)), end
+
+
+def _parse_field(text: str, pos: int, fields: FieldSet) -> tuple[FieldRef, int]:
+    """Read a field name and its optional ``[arg]`` at ``pos``."""
     m = _NAME.match(text, pos)
     name = _known_prefix(m.group(), fields) if m is not None else None
     if name is None:

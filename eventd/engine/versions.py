@@ -27,6 +27,21 @@ BUILTIN_PLUGINS: dict[str, str] = {
 # libsinsp reads versions with sscanf("%u.%u.%u"): leading blanks are
 # skipped and anything after the third number (a pre-release tag) is ignored.
 _SEMVER = re.compile(r"\s*\+?(\d+)\.\s*\+?(\d+)\.\s*\+?(\d+)")
+_UINT_MAX = 0xFFFF_FFFF
+
+
+def _uint(digits: str) -> int | None:
+    """A version number as ``%u`` holds it, or ``None`` past 32 bits.
+
+    The length is checked before ``int()``, which refuses digit strings
+    longer than a few thousand characters (CVE-2020-10735) with a
+    ``ValueError`` no caller expects.
+    """
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(_UINT_MAX)):
+        return None
+    value = int(significant)
+    return value if value <= _UINT_MAX else None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -37,10 +52,14 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version | None:
+        """``x.y.z`` (anything after it ignored), or ``None``; numbers must fit 32 bits."""
         m = _SEMVER.match(text)
         if m is None:
             return None
-        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        major, minor, patch = (_uint(m.group(i)) for i in (1, 2, 3))
+        if major is None or minor is None or patch is None:
+            return None
+        return cls(major, minor, patch)
 
     def compatible_with(self, required: Version) -> bool:
         """libsinsp's rule: same major version, and not older."""
@@ -59,9 +78,13 @@ ENGINE = Version(0, 58, 0)
 ENGINE_VERSION = str(ENGINE)
 
 
-def implicit_engine_version(number: int) -> Version:
-    """A legacy integer requirement N means ``<major>.N.<patch>`` of this engine."""
-    return Version(ENGINE.major, number, ENGINE.patch)
+def parse_engine_requirement(text: str) -> Version | None:
+    """A ``required_engine_version``: ``x.y.z``, or a legacy integer N meaning
+    ``<major>.N.<patch>`` of this engine; ``None`` when it is neither."""
+    if text.isascii() and text.isdigit():
+        number = _uint(text)
+        return None if number is None else Version(ENGINE.major, number, ENGINE.patch)
+    return Version.parse(text)
 
 
 def engine_problem(required: Version) -> str | None:

@@ -3,9 +3,9 @@
 Falco reads rules with yaml-cpp, which keeps every scalar as the text the
 author wrote.  PyYAML's constructors would turn ``true`` into ``True`` and
 ``0x1f`` into ``31``, and a list item or an exception value must reach the
-condition exactly as written, so the loader works on the *composed* node
-graph instead: scalars stay text, and every node and every mapping key keeps
-its line so that errors can point at it.
+condition exactly as written, so the loader builds its own small tree from
+the YAML parser's events instead: scalars stay text, and every node and
+every mapping key keeps its line so that errors can point at it.
 
 The ``decode_*`` helpers reproduce yaml-cpp's checks (and Falco's messages)
 for the few shapes a rules file uses, raising located ``RuleError``\\ s.
@@ -21,11 +21,16 @@ import yaml
 
 from eventd.engine.errors import RuleError
 
-try:  # the C composer is several times faster on large rule files
+try:  # the C parser is several times faster on large rule files
     _Loader: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
+#: Deepest nesting of sequences and mappings a rules file may use.  Real
+#: files need about six levels (items, exceptions, values, rows).
+MAX_NESTING = 64
+
+_RESOLVER = yaml.resolver.Resolver()
 _NULL_TAG = "tag:yaml.org,2002:null"
 _TRUE = {"y", "yes", "true", "on"}
 _FALSE = {"n", "no", "false", "off"}
@@ -90,9 +95,19 @@ class Where:
 
 
 def load_documents(text: str, file: str) -> list[Node]:
-    """The non-null documents of ``text``; YAML errors become ``RuleError``."""
+    """The non-null documents of ``text``; YAML errors become ``RuleError``.
+
+    Nodes are built here from libyaml's parser *events* rather than by
+    PyYAML's composer: the C composer recurses once per nesting level and
+    kills the process (SIGSEGV) on a few tens of thousands of nested ``[``,
+    while the parser is a state machine.  Building iteratively also lets the
+    nesting be capped at ``MAX_NESTING`` the moment it is exceeded, before
+    the rest of a hostile file is even scanned.
+    """
+    builder = _Builder(file)
     try:
-        docs = list(yaml.compose_all(text, Loader=_Loader))
+        for event in yaml.parse(text, Loader=_Loader):
+            builder.feed(event)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         problem = err.problem or err.context or "invalid YAML"
@@ -105,41 +120,103 @@ def load_documents(text: str, file: str) -> list[Node]:
         ) from None
     except yaml.YAMLError as err:
         raise RuleError(f"YAML error: {err}", file=file) from None
-    out: list[Node] = []
-    for doc in docs:
-        if doc is None:
-            continue
-        node = _convert(doc, {}, set(), file)
-        if not (isinstance(node, Scalar) and node.null):
-            out.append(node)
-    return out
+    return builder.docs
 
 
-def _convert(node: yaml.Node, done: dict[int, Node], active: set[int], file: str) -> Node:
-    """Convert a composed node; aliases share the converted node, cycles fail."""
-    key = id(node)
-    if key in done:
-        return done[key]
-    line = node.start_mark.line + 1
-    if key in active:
-        raise RuleError("recursive YAML alias", file=file, line=line)
-    if isinstance(node, yaml.ScalarNode):
-        out: Node = Scalar(node.value, line, node.tag == _NULL_TAG)
-    else:
-        active.add(key)
-        if isinstance(node, yaml.SequenceNode):
-            out = Seq(tuple(_convert(n, done, active, file) for n in node.value), line)
+def _is_null(event: yaml.ScalarEvent) -> bool:
+    """Whether a scalar is YAML null, resolved as PyYAML's composer would."""
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+    return tag == _NULL_TAG
+
+
+@dataclass(slots=True)
+class _Open:
+    """A sequence (``entries`` is ``None``) or mapping still being built."""
+
+    line: int
+    anchor: str | None
+    items: list[Node]
+    entries: dict[str, tuple[int, Node]] | None
+    #: A mapping's key read, its value not yet.
+    key: Scalar | None = None
+
+
+class _Builder:
+    """Turns parser events into nodes; aliases share the node, cycles fail.
+
+    Anchors are scoped to their document, as in PyYAML.  An anchor maps to
+    ``None`` while its collection is still open, so an alias inside it is a
+    cycle.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.docs: list[Node] = []
+        self.stack: list[_Open] = []
+        self.anchors: dict[str, Node | None] = {}
+
+    def error(self, message: str, event: yaml.Event) -> RuleError:
+        return RuleError(message, file=self.file, line=event.start_mark.line + 1)
+
+    def feed(self, event: yaml.Event) -> None:
+        if isinstance(event, yaml.ScalarEvent):
+            node: Node = Scalar(event.value, event.start_mark.line + 1, _is_null(event))
+            self.anchor(event, node)
+            self.add(node, event)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in self.anchors:
+                raise self.error(f"YAML syntax error: undefined alias '*{event.anchor}'", event)
+            target = self.anchors[event.anchor]
+            if target is None:
+                raise self.error("recursive YAML alias", event)
+            self.add(target, event)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if self.stack and self.stack[-1].entries is not None and self.stack[-1].key is None:
+                raise self.error("mapping keys must be scalars", event)
+            if len(self.stack) >= MAX_NESTING:
+                raise self.error(
+                    f"YAML nested too deeply: more than {MAX_NESTING} levels of sequences and mappings",
+                    event,
+                )
+            self.anchor(event, None)
+            is_map = isinstance(event, yaml.MappingStartEvent)
+            self.stack.append(_Open(event.start_mark.line + 1, event.anchor, [], {} if is_map else None))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            top = self.stack.pop()
+            node = Seq(tuple(top.items), top.line) if top.entries is None else Map(top.entries, top.line)
+            if top.anchor is not None:
+                self.anchors[top.anchor] = node
+            self.add(node, event)
+        elif isinstance(event, yaml.DocumentStartEvent):
+            self.anchors = {}
+
+    def anchor(self, event: yaml.NodeEvent, node: Node | None) -> None:
+        name = event.anchor
+        if name is None:
+            return
+        if name in self.anchors:
+            raise self.error(f"YAML syntax error: duplicate anchor '&{name}'", event)
+        self.anchors[name] = node
+
+    def add(self, node: Node, event: yaml.Event) -> None:
+        """Put a finished node into its parent (or the document list)."""
+        if not self.stack:
+            if not (isinstance(node, Scalar) and node.null):
+                self.docs.append(node)
+            return
+        top = self.stack[-1]
+        if top.entries is None:
+            top.items.append(node)
+        elif top.key is None:
+            if not isinstance(node, Scalar):
+                raise self.error("mapping keys must be scalars", event)
+            top.key = node
         else:
-            entries: dict[str, tuple[int, Node]] = {}
-            for k, v in node.value:
-                if not isinstance(k, yaml.ScalarNode):
-                    raise RuleError("mapping keys must be scalars", file=file, line=k.start_mark.line + 1)
-                if k.value not in entries:
-                    entries[k.value] = (k.start_mark.line + 1, _convert(v, done, active, file))
-            out = Map(entries, line)
-        active.discard(key)
-    done[key] = out
-    return out
+            if top.key.text not in top.entries:
+                top.entries[top.key.text] = (top.key.line, node)
+            top.key = None
 
 
 def scalar_text(node: Node | None) -> str | None:

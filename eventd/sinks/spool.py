@@ -399,8 +399,15 @@ class Spool:
         segment.size += len(frame)
 
     def _writable(self) -> int:
-        if self._active_fd is not None and self._segments[-1].size < self._segment_bytes:
+        if (
+            self._active_fd is not None
+            and self._segments[-1].size < self._segment_bytes
+            and not (self._write_failing and self._drained())
+        ):
             return self._active_fd
+        # Seal the active segment: it is full, or writes fail (a full disk)
+        # while everything in it is acknowledged, so releasing it gives the
+        # space back instead of failing every write until a restart.
         if self._active_fd is not None:
             self._sync()
             os.close(self._active_fd)
@@ -414,6 +421,10 @@ class Spool:
         self._active_fd = fd
         self._dir_dirty = True
         return fd
+
+    def _drained(self) -> bool:
+        """Every record written so far is acknowledged."""
+        return len(self._segments) == 1 and self._cursor >= self._segments[0].size
 
     def _sync(self) -> None:
         if self._active_fd is not None:

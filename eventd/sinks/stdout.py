@@ -18,10 +18,12 @@ class StdoutSink(Sink):
     def __init__(self, config: StdoutSinkConfig, metrics: Metrics, stream: BinaryIO | None = None) -> None:
         self._json = config.format == "json"
         self._out = stream if stream is not None else sys.stdout.buffer
+        self._delivered = metrics.sink_deliveries.labels(self.name)
 
     async def send(self, alert: Alert) -> None:
         line = alert.to_json() if self._json else alert.text_line().encode()
         self._out.write(line + b"\n")
+        self._delivered.inc()
 
     async def flush(self) -> None:
         self._out.flush()

@@ -21,6 +21,7 @@ data at all gets 400.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -29,9 +30,17 @@ from eventd.config import AuditWebhookConfig
 from eventd.events.audit import audit_events
 from eventd.events.dedup import RecentKeys, audit_key, drop_duplicates
 from eventd.events.errors import DecodeError
+from eventd.events.model import Event
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet
-from eventd.sources.http_input import HttpInput, Rejected, busy, count_rejected, json_response
+from eventd.sources.http_input import (
+    HttpInput,
+    Rejected,
+    busy,
+    count_rejected,
+    delivered,
+    json_response,
+)
 
 
 class AuditWebhookSource(HttpInput):
@@ -45,20 +54,31 @@ class AuditWebhookSource(HttpInput):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", self.config.path, self.post_json(self._accept))
 
-    def _accept(self, document: Any, inlet: Inlet) -> web.Response:
+    async def _accept(self, document: Any, inlet: Inlet) -> web.Response:
         try:
             events, errors = audit_events(document, origin="webhook")
         except DecodeError as err:
             raise Rejected(400, err.reason, str(err)) from None
         kept, duplicates = drop_duplicates(events, self._recent)
-        if kept and not inlet.offer(Batch(kept, self.name)):
-            for event in kept:
-                key = audit_key(event)
-                if key is not None:
-                    self._recent.forget(key)
+        batch = Batch(kept, self.name, done=asyncio.get_running_loop().create_future())
+        if kept and not inlet.offer(batch):
+            self._forget(kept)
             raise busy()
         # Counted only now: a refused batch comes again and would count twice.
         if duplicates:
             self._duplicates.inc(duplicates)
         count_rejected(inlet, self.name, errors)
+        if kept:
+            try:
+                await delivered(batch)
+            except Rejected as err:
+                if err.reason == "failed":  # not processed: the retry must not look like a repeat
+                    self._forget(kept)
+                raise
         return json_response({"accepted": len(kept), "duplicates": duplicates, "rejected": len(errors)})
+
+    def _forget(self, events: list[Event]) -> None:
+        for event in events:
+            key = audit_key(event)
+            if key is not None:
+                self._recent.forget(key)

@@ -17,6 +17,7 @@ is full (Falco itself drops the alert; batching shippers retry).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -31,7 +32,14 @@ from eventd.events.model import Event
 from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet
-from eventd.sources.http_input import HttpInput, Rejected, busy, count_rejected, json_response
+from eventd.sources.http_input import (
+    HttpInput,
+    Rejected,
+    busy,
+    count_rejected,
+    delivered,
+    json_response,
+)
 
 HEALTH_PATH = "/healthz"
 TEST_PATH = "/test"
@@ -63,26 +71,29 @@ class FalcoHttpSource(HttpInput):
                 raise Rejected(400, "json", f"invalid JSON: {err}") from None
             return [_json_line(line) for line in lines]
 
-    def _accept(self, document: Any, inlet: Inlet) -> web.Response:
+    async def _accept(self, document: Any, inlet: Inlet) -> web.Response:
         if isinstance(document, dict):
             try:
                 event = falco_alert_event(document, origin="falco_http")
             except DecodeError as err:
                 raise Rejected(400, err.reason, str(err)) from None
-            return self._offer([event], [], inlet)
+            return await self._offer([event], [], inlet)
         if isinstance(document, list):
             events, errors = _decode_batch(document)
             if errors and not events:
                 # The refusal itself counts the first error.
                 count_rejected(inlet, self.name, errors[1:])
                 raise Rejected(400, errors[0].reason, f"no valid alert in the batch: {errors[0]}")
-            return self._offer(events, errors, inlet)
+            return await self._offer(events, errors, inlet)
         raise Rejected(400, "not_falco", "body is neither a Falco alert nor a list of alerts")
 
-    def _offer(self, events: list[Event], errors: list[DecodeError], inlet: Inlet) -> web.Response:
-        if events and not inlet.offer(Batch(events, self.name)):
+    async def _offer(self, events: list[Event], errors: list[DecodeError], inlet: Inlet) -> web.Response:
+        batch = Batch(events, self.name, done=asyncio.get_running_loop().create_future())
+        if events and not inlet.offer(batch):
             raise busy()
         count_rejected(inlet, self.name, errors)
+        if events:
+            await delivered(batch)
         return json_response({"accepted": len(events), "rejected": len(errors)})
 
     async def _test(self, request: web.Request) -> web.Response:
@@ -90,7 +101,7 @@ class FalcoHttpSource(HttpInput):
         if request.method != "POST":
             raise Rejected(405, "method", "only POST is accepted", {"Allow": "POST"})
         event = falco_alert_event(synthetic_alert(), origin="falco_http")
-        return self._offer([event], [], self._active_inlet())
+        return await self._offer([event], [], self._active_inlet())
 
 
 def _json_line(line: bytes) -> Any:

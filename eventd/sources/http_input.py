@@ -40,7 +40,7 @@ from aiohttp import web
 from eventd.config import ConfigError, HttpInputConfig
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
-from eventd.sources.base import Inlet, Source
+from eventd.sources.base import Batch, Inlet, Source
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,9 @@ BODY_TIMEOUT_SECONDS = 30.0
 #: an idle keep-alive connection is closed after it: slow-header clients
 #: (slow-loris) cannot hold descriptors for aiohttp's default of an hour.
 HEADER_TIMEOUT_SECONDS = 15.0
+#: How long a request waits for its batch to reach the sinks before asking
+#: the sender to retry; below the API server's 30 s request timeout.
+DELIVERY_TIMEOUT_SECONDS = 20.0
 #: On ``stop``: how long in-flight requests may take to finish before being cut.
 DRAIN_SECONDS = 15.0
 #: Inflate at most this many bytes per step, so a bomb is stopped early.
@@ -73,6 +76,26 @@ class Rejected(Exception):
 def json_response(data: dict[str, Any]) -> web.Response:
     """A 200 answer with a small JSON summary (senders ignore it; humans read it)."""
     return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+async def delivered(batch: Batch) -> None:
+    """Wait until the pipeline has handed ``batch``'s alerts to the sinks.
+
+    Inputs answer 2xx only then: a sender's retry is the only copy of a batch
+    until its alerts are with the sinks (the Kafka sink's spool is on disk),
+    so acknowledging earlier would lose acknowledged events on a crash.
+    Raises ``Rejected`` (503, retry) when that takes too long or fails.
+    """
+    assert batch.done is not None
+    try:
+        async with asyncio.timeout(DELIVERY_TIMEOUT_SECONDS):
+            await asyncio.shield(batch.done)
+    except TimeoutError:
+        raise Rejected(
+            503, "slow", "accepted but not processed in time; retry", {"Retry-After": "1"}
+        ) from None
+    except Exception:
+        raise Rejected(503, "failed", "processing failed; retry", {"Retry-After": "1"}) from None
 
 
 def busy() -> Rejected:
@@ -216,10 +239,10 @@ class HttpInput(Source):
         except orjson.JSONDecodeError as err:
             raise Rejected(400, "json", f"invalid JSON: {err}") from None
 
-    def post_json(self, accept: Callable[[Any, Inlet], web.Response]) -> Handler:
+    def post_json(self, accept: Callable[[Any, Inlet], Awaitable[web.Response]]) -> Handler:
         """A handler for ``POST`` of JSON: auth, method, type, bounded body, parse,
-        then ``accept(document, inlet)``, which returns the answer or raises
-        ``Rejected``."""
+        then ``await accept(document, inlet)``, which returns the answer or
+        raises ``Rejected``."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
             self.authorize(request)
@@ -227,7 +250,7 @@ class HttpInput(Source):
                 raise Rejected(405, "method", "only POST is accepted", {"Allow": "POST"})
             self._check_content_type(request)
             body = await self._read_body(request)
-            return accept(self.parse(body), self._active_inlet())
+            return await accept(self.parse(body), self._active_inlet())
 
         return self.guarded(handler)
 

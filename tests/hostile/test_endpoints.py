@@ -507,6 +507,8 @@ class RecordingInlet:
 
     def offer(self, batch: Batch) -> bool:
         self.batches.append(batch)
+        if batch.done is not None:  # an instant pipeline
+            batch.done.set_result(None)
         return True
 
     def rejected(self, source: str, error: DecodeError | str, count: int = 1) -> None:

@@ -90,8 +90,12 @@ class BoundField:
 
 
 def parse_index(text: str) -> int | None:
-    """Falco's index argument: digits only, no leading zero (``0`` is fine)."""
-    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+    """Falco's index argument: digits only, no leading zero (``0`` is fine).
+
+    At most 9 digits: no list is longer, and ``int()`` raises ``ValueError``
+    on a few thousand.
+    """
+    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0") or len(text) > 9:
         return None
     return int(text)
 
