@@ -31,7 +31,9 @@ def test_embedded_default_is_loopback_on_the_ecosystem_ports() -> None:
 
 
 def test_a_file_replaces_the_defaults(tmp_path: Path) -> None:
-    config = load_config(_write(tmp_path, "sources:\n  audit_log: {path: /tmp/a.log}\nsinks:\n  stdout: {}\n"), {})
+    config = load_config(
+        _write(tmp_path, "sources:\n  audit_log: {path: /tmp/a.log}\nsinks:\n  stdout: {}\n"), {}
+    )
     assert config.sources.audit_log is not None and config.sources.audit_log.path == Path("/tmp/a.log")
     assert config.sources.k8s_audit_webhook is None and config.sources.falco_http is None
 

@@ -114,12 +114,12 @@ def test_sighup_reload_good_and_broken(daemon: EventdProcess, rules_file: Path) 
 
 
 def test_sigterm_drains_accepted_batches_and_exits_zero(daemon: EventdProcess) -> None:
-    events = [
-        audit_event(request=pod(f"evil.example.com/app:{i}"), auditID=f"drain-{i}") for i in range(200)
-    ]
+    events = [audit_event(request=pod(f"evil.example.com/app:{i}"), auditID=f"drain-{i}") for i in range(200)]
     assert _post(daemon.webhook, _event_list(*events)) == 200  # type: ignore[attr-defined]
     assert daemon.stop() == 0
-    untrusted = {a["eventd"]["audit_id"] for a in daemon.alerts if a["rule"] == "Image From Untrusted Registry"}
+    untrusted = {
+        a["eventd"]["audit_id"] for a in daemon.alerts if a["rule"] == "Image From Untrusted Registry"
+    }
     assert untrusted == {f"drain-{i}" for i in range(200)}
     assert any(log.get("event") == "stopped" and log.get("drained") for log in daemon.logs())
 
