@@ -129,7 +129,8 @@ class Pipeline:
                 # rule names come from the sender, so the label is capped.
                 passed = falco_passthrough_alert(event)
                 rule = metrics.capped("falco_rule", passed.rule)
-                metrics.alerts.labels(rule, passed.priority.label, passed.source).inc()
+                source = metrics.capped("falco_source", passed.source)
+                metrics.alerts.labels(rule, passed.priority.label, source).inc()
                 alerts.append(passed)
             rules = matcher.match(event)
             if rules:

@@ -110,7 +110,9 @@ def exercised() -> dict[str, Any]:
     return {
         "metrics": metrics,
         "text": metrics.exposition().decode(),
-        "rules": {r.name for r in ruleset.rules},
+        # eventd's rules, and the (capped) names of Falco alerts passed through.
+        "rules": {r.name for r in ruleset.rules} | {e.doc["rule"] for e in falco} | {"other"},
+        "falco_sources": {e.doc["source"] for e in falco} | {"other"},
         "docs": [e.doc for e in audit + falco],
         "alerts": sink.alerts,
     }
@@ -166,7 +168,7 @@ def test_label_values_are_fixed_names(exercised: dict[str, Any]) -> None:
             values.setdefault(key, set()).add(value)
     assert values["rule"] <= exercised["rules"]
     assert values["priority"] <= {p.label for p in Priority}
-    assert values["source"] <= {*SOURCE_NAMES, *SOURCES}
+    assert values["source"] <= {*SOURCE_NAMES, *SOURCES, *exercised["falco_sources"]}
     assert values["sink"] == set(SINK_NAMES)
     assert values["trust"] == {"trusted", "untrusted"}
     assert values["result"] == {"ok", "refused"}
