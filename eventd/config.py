@@ -340,8 +340,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
-    #: Batches waiting for the matcher before inputs are pushed back.
-    queue_size: int = 256
+    #: Batches waiting for the matcher before inputs are pushed back.  A
+    #: webhook batch is up to 400 decoded events (~3 MB): 32 bounds memory.
+    queue_size: int = 32
     #: On SIGTERM: how long to drain queues and flush sinks before exiting.
     shutdown_grace_seconds: float = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

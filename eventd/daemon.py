@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -79,6 +80,10 @@ class Daemon:
             trusted_registries=config.metrics.trusted_registries,
         )
         self.metrics.rules_loaded.set(len(matcher.ruleset.rules))
+        # What exists now (modules, compiled rules, config) lives as long as the
+        # process: keep it out of every future garbage collection.
+        gc.collect()
+        gc.freeze()
         for sink in self.sinks:
             await sink.start()
         self.server = OpsServer(config.server.listen, self.metrics, self.readiness)
