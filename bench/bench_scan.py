@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench.*`` importable fr
 from bench.corpus import DEFAULT_POD_RATIO, TRUSTED_REGISTRIES, write_corpus
 from bench.rulesets import dump, generate_rules, registry_filter_rules
 from eventd.engine.loader import load_rules
+from eventd.gctune import tune_after_startup
 from eventd.rulepacks import builtin_rule_files
 from eventd.scanner import scan_paths
 
@@ -259,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit non-zero when a target FAILs")
     ap.add_argument("--no-commands", action="store_true", help="skip the whole-command timings")
     args = ap.parse_args(argv)
+    # The garbage-collector settings `eventd scan` and `eventd run` use; they
+    # apply to every configuration below, the orjson baseline included.
+    tune_after_startup()
     events = QUICK_EVENTS if args.quick else args.events
     repeat = 1 if args.quick else max(1, args.repeat)
 

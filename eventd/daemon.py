@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -30,6 +29,7 @@ from eventd.config import Config
 from eventd.engine.errors import RuleError
 from eventd.engine.loader import load_rules
 from eventd.engine.matcher import Matcher
+from eventd.gctune import tune_after_startup
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline
 from eventd.rulepacks import builtin_rule_files
@@ -80,10 +80,7 @@ class Daemon:
             trusted_registries=config.metrics.trusted_registries,
         )
         self.metrics.rules_loaded.set(len(matcher.ruleset.rules))
-        # What exists now (modules, compiled rules, config) lives as long as the
-        # process: keep it out of every future garbage collection.
-        gc.collect()
-        gc.freeze()
+        tune_after_startup()
         for sink in self.sinks:
             await sink.start()
         self.server = OpsServer(config.server.listen, self.metrics, self.readiness)

@@ -17,6 +17,7 @@ from eventd.alerts import Alert
 from eventd.cli.common import EXIT_INPUT, EXIT_OK, EXIT_USAGE, error, load_ruleset_or_report
 from eventd.engine.matcher import RULE_MATCHING
 from eventd.engine.priority import Priority
+from eventd.gctune import tune_after_startup
 from eventd.scanner import NotAuditData, Scanner, ScanStats
 
 #: Rejected lines printed individually before only counting them.
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     ruleset = load_ruleset_or_report(args.rules)
     if ruleset is None:
         return EXIT_USAGE
+    tune_after_startup()
     rejects = _RejectReporter()
     scanner = Scanner(
         ruleset,
