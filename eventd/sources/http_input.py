@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import hmac
+import logging
 import os
 import ssl
 import zlib
@@ -36,6 +37,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from eventd.config import ConfigError, HttpInputConfig
 from eventd.events.errors import DecodeError
@@ -106,6 +108,26 @@ def busy() -> Rejected:
 def stopping() -> Rejected:
     """eventd is shutting down: the sender should retry (another replica, or later)."""
     return Rejected(503, "stopping", "eventd is shutting down, retry later", {"Retry-After": "1"})
+
+
+class _RefusalCounter(logging.Handler):
+    """Counts what aiohttp's request handler reports, by kind."""
+
+    def __init__(self, source: str, metrics: Metrics) -> None:
+        super().__init__(logging.DEBUG)
+        self._bad = metrics.events_rejected.labels(source, "bad_request")
+        self._failed = metrics.events_rejected.labels(source, "server_error")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        (self._bad if isinstance(exc, HttpProcessingError) else self._failed).inc()
+
+
+def _refusal_logger(source: str, metrics: Metrics) -> logging.Logger:
+    logger = logging.Logger(f"eventd.http.{source}")  # outside the hierarchy: not printed
+    logger.addHandler(_RefusalCounter(source, metrics))
+    logger.propagate = False
+    return logger
 
 
 def count_rejected(inlet: Inlet, source: str, errors: list[DecodeError]) -> None:
@@ -308,9 +330,14 @@ class HttpInput(Source):
 
     # ------------------------------------------------------------- internals
 
+    async def _not_found(self, _request: web.Request) -> web.Response:
+        self.metrics.events_rejected.labels(self.name, "not_found").inc()
+        return web.Response(status=404, text="not found\n")
+
     async def _listen(self) -> web.AppRunner:
         app = web.Application()
         self.add_routes(app)
+        app.router.add_route("*", "/{path:.*}", self._not_found)
         # Bodies are inflated by ``_read_body`` against the cap, not by aiohttp's
         # parser.  ``_drain`` has waited for handlers already; what is left after
         # that gets a short grace.  Requests are logged by ``_refuse``, not here.
@@ -320,6 +347,9 @@ class HttpInput(Source):
             auto_decompress=False,
             shutdown_timeout=1.0,
             keepalive_timeout=HEADER_TIMEOUT_SECONDS,
+            # aiohttp answers malformed requests itself (400) and reports them
+            # to this logger: count them instead of logging client bytes.
+            logger=_refusal_logger(self.name, self.metrics),
         )
         await runner.setup()
         listen = self.config.listen

@@ -469,15 +469,6 @@ def test_wrong_paths_and_types_are_refused(daemon: Daemon) -> None:
     assert_still_serving(daemon)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known limitation (observability): requests aiohttp refuses before eventd's handler runs are not "
-    "counted in eventd_events_rejected_total: HTTP parse errors (header floods, broken framing: "
-    "400 from aiohttp's parser) and unknown paths (404 from the router) leave every counter of the "
-    "source unchanged, so an attack of that kind is invisible on dashboards. eventd/sources/"
-    "http_input.py registers no middleware or default route. Expected a reason such as "
-    "'bad_request' / 'not_found'",
-)
 def test_requests_refused_by_the_http_layer_are_counted(daemon: Daemon) -> None:
     before = daemon.rejected(WEBHOOK)
     assert raw_status(daemon.webhook_port, BROKEN_REQUESTS["two-lengths"]) == 400
