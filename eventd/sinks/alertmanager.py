@@ -29,7 +29,8 @@ from eventd.alerts import Alert
 from eventd.config import AlertmanagerSinkConfig
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
-from eventd.sinks.http_delivery import HttpSink, SecretFile
+from eventd.secretfile import SecretFile
+from eventd.sinks.http_delivery import HttpSink
 from eventd.sinks.slack import alert_facts, image_reference
 
 #: Alertmanager accepts arrays; one request per this many queued alerts.

@@ -20,19 +20,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import email.utils
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import structlog
 
 from eventd.alerts import Alert
 from eventd.backoff import backoff_delay
-from eventd.config import ClientTLS, ConfigError, HttpSinkConfig
+from eventd.config import ClientTLS, HttpSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.base import Sink
 
@@ -51,42 +49,6 @@ UNHEALTHY_AFTER = 5
 #: Upper bound of one backoff or ``Retry-After`` wait: a receiver asking for an
 #: hour must not park a worker (and the queue behind it) for an hour.
 MAX_RETRY_DELAY = 120.0
-
-
-class SecretFile:
-    """A secret kept in a file (a mounted Kubernetes Secret), re-read when it changes.
-
-    Read once at construction so a missing file stops the daemon at start-up
-    with the config key named, then re-read whenever its size or mtime change,
-    so a rotated token is used without a restart.  Surrounding whitespace is
-    stripped: secret files usually end with a newline nobody meant.
-    """
-
-    def __init__(self, path: Path, key: str) -> None:
-        self._path = path
-        self._stamp: tuple[int, int] | None = None
-        self._value = ""
-        try:
-            self.value()
-        except OSError as err:
-            raise ConfigError(key, f"cannot read secret file {path}: {err.strerror or err}") from None
-        if not self._value:
-            raise ConfigError(key, f"secret file {path} is empty")
-
-    def value(self) -> str:
-        """The current secret; the last good value if the file is briefly unreadable."""
-        try:
-            st = os.stat(self._path)
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp != self._stamp:
-                text = self._path.read_text(encoding="utf-8").strip()
-                self._stamp = stamp
-                if text:
-                    self._value = text
-        except OSError:
-            if self._stamp is None:
-                raise
-        return self._value
 
 
 def client_ssl_context(tls: ClientTLS | None) -> ssl.SSLContext | None:

@@ -24,7 +24,8 @@ from eventd.config import SlackSinkConfig
 from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
-from eventd.sinks.http_delivery import HttpSink, SecretFile
+from eventd.secretfile import SecretFile
+from eventd.sinks.http_delivery import HttpSink
 
 #: Priority -> (emoji shortcode, attachment colour).
 _STYLE = {

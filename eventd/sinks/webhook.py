@@ -28,7 +28,8 @@ from typing import Any
 from eventd.alerts import Alert
 from eventd.config import ConfigError, WebhookSinkConfig
 from eventd.metrics import Metrics
-from eventd.sinks.http_delivery import HttpSink, SecretFile
+from eventd.secretfile import SecretFile
+from eventd.sinks.http_delivery import HttpSink
 
 TIMESTAMP_HEADER = "X-Eventd-Timestamp"
 

@@ -27,7 +27,6 @@ import abc
 import asyncio
 import hmac
 import logging
-import os
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from eventd.config import ConfigError, HttpInputConfig
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
+from eventd.secretfile import SecretFile
 from eventd.sources.base import Batch, Inlet, Source
 
 log = structlog.get_logger(__name__)
@@ -141,51 +141,21 @@ def count_rejected(inlet: Inlet, source: str, errors: list[DecodeError]) -> None
 
 
 class BearerToken:
-    """The token clients must present, re-read when its file changes.
-
-    The file is stat'ed on every request (one cheap syscall) so a rotated
-    Secret takes effect without a restart; if the file vanishes or is empty
-    for a moment (mid-rotation), the previous token stays in force.
-    """
+    """The token clients must present (``Authorization: Bearer <token>``),
+    from a file that is re-read when it changes (see ``SecretFile``)."""
 
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
-        self._signature: tuple[int, int, int] | None = None
-        self._token = b""
-        self._unreadable = False
-        try:
-            self._refresh()
-        except OSError as err:
-            raise ConfigError(key, f"cannot read token file {path}: {err.strerror or err}") from None
-        if not self._token:
-            raise ConfigError(key, f"token file {path} is empty")
-
-    def _refresh(self) -> None:
-        st = os.stat(self.path)
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if signature == self._signature:
-            return
-        token = self.path.read_bytes().strip()
-        self._signature = signature
-        if token:
-            self._token = token
-        else:
-            log.warning("token_file_empty", path=str(self.path))
+        self._secret = SecretFile(path, key)
 
     def matches(self, header: str | None) -> bool:
-        try:
-            self._refresh()
-            self._unreadable = False
-        except OSError as err:
-            if not self._unreadable:  # once per outage, not once per request
-                log.warning("token_file_unreadable", path=str(self.path), error=err.strerror or str(err))
-            self._unreadable = True
+        token = self._secret.value().encode()
         if not header:
             return False
         scheme, _, presented = header.strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(presented.strip().encode(), self._token)
+        return hmac.compare_digest(presented.strip().encode(), token)
 
 
 def server_ssl_context(config: HttpInputConfig, key: str) -> ssl.SSLContext | None:
