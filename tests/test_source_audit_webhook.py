@@ -22,12 +22,11 @@ import pytest
 import yaml
 
 from eventd.config import AuditWebhookConfig, ConfigError, Listen
-from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
 from eventd.sources.audit_webhook import AuditWebhookSource
-from eventd.sources.base import Batch
 from eventd.sources.http_input import Rejected, _Inflater
 from tests.builders import audit_event
+from tests.http_inlet import RecordingInlet as SharedInlet
 from tests.tls_certs import TlsFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,31 +34,12 @@ PATH = "/k8s-audit"
 JSON = {"Content-Type": "application/json"}
 
 
-class RecordingInlet:
-    """Takes batches while ``accepting``; counts rejections by reason."""
-
+class RecordingInlet(SharedInlet):
     def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.rejects: Counter[str] = Counter()
-        self.accepting = True
-        self.deliver = True
-
-    async def put(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def offer(self, batch: Batch) -> bool:
-        if self.accepting:
-            self.batches.append(batch)
-            if batch.done is not None and self.deliver:  # an instant pipeline
-                batch.done.set_result(None)
-        return self.accepting
-
-    def rejected(self, source: str, error: DecodeError | str, count: int = 1) -> None:
-        assert source == "k8s_audit_webhook"
-        self.rejects[error.reason if isinstance(error, DecodeError) else error] += count
+        super().__init__("k8s_audit_webhook")
 
     def ids(self) -> list[tuple[str, str]]:
-        return [(e.doc["auditID"], e.doc["stage"]) for b in self.batches for e in b.events]
+        return [(d["auditID"], d["stage"]) for d in self.docs()]
 
 
 def config(**kw: Any) -> AuditWebhookConfig:

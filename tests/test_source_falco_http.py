@@ -16,42 +16,22 @@ import orjson
 import pytest
 
 from eventd.config import ConfigError, FalcoHttpConfig, Listen
-from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO
 from eventd.metrics import Metrics
-from eventd.sources.base import Batch
 from eventd.sources.falco_http import FalcoHttpSource
 from tests.builders import falco_alert
+from tests.http_inlet import RecordingInlet as SharedInlet
 from tests.tls_certs import make_tls_files
 
 JSON = {"Content-Type": "application/json"}
 
 
-class RecordingInlet:
-    """Takes batches while ``accepting``; counts rejections by reason."""
-
+class RecordingInlet(SharedInlet):
     def __init__(self) -> None:
-        self.batches: list[Batch] = []
-        self.rejects: Counter[str] = Counter()
-        self.accepting = True
-        self.deliver = True
-
-    async def put(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def offer(self, batch: Batch) -> bool:
-        if self.accepting:
-            self.batches.append(batch)
-            if batch.done is not None and self.deliver:  # an instant pipeline
-                batch.done.set_result(None)
-        return self.accepting
-
-    def rejected(self, source: str, error: DecodeError | str, count: int = 1) -> None:
-        assert source == "falco_http"
-        self.rejects[error.reason if isinstance(error, DecodeError) else error] += count
+        super().__init__("falco_http")
 
     def rules(self) -> list[str]:
-        return [e.doc["rule"] for b in self.batches for e in b.events]
+        return [d["rule"] for d in self.docs()]
 
 
 def config(**kw: Any) -> FalcoHttpConfig:
