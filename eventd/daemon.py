@@ -179,7 +179,7 @@ class Daemon:
         drained = True
         # 1. stop accepting: sources stop; they wait for their own in-flight batches.
         stops = [asyncio.create_task(s.stop()) for s in self.sources]
-        stop_waits = [*stops, *(t for t in self._tasks)]
+        stop_waits = [*stops, *self._tasks]
         # 2. drain the queue while sources finish, then flush the sinks.
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
