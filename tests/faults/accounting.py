@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from eventd.alerts import alert_uuid
 from eventd.events.model import K8S_AUDIT, Event
 from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess
+from tests.daemon_process import EventdProcess, free_port
 from tests.kafka_broker import unique_name
 
 WEBHOOK = "k8s_audit_webhook"
@@ -472,3 +472,41 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def start_webhook_to_kafka(
+    tmp_path: Path,
+    bootstrap: str,
+    topic: str,
+    spool_dir: Path,
+    *,
+    stdout: bool = False,
+    log_level: str = "info",
+    **kafka: object,
+) -> tuple[EventdProcess, str]:
+    """A ready eventd with the webhook in and Kafka (and maybe stdout) out,
+    and the webhook's URL; killed if it never becomes ready."""
+    port = free_port()
+    sinks: dict[str, object] = {"stdout": {}} if stdout else {}
+    sinks["kafka"] = {
+        "bootstrap_servers": [bootstrap],
+        "topic": topic,
+        "spool_dir": str(spool_dir),
+        "request_timeout_seconds": 3,
+        **kafka,
+    }
+    proc = EventdProcess(
+        tmp_path,
+        {
+            "log_level": log_level,
+            "rules": [str(write_rules(tmp_path))],
+            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
+            "sinks": sinks,
+        },
+    )
+    try:
+        proc.wait_ready()
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, f"http://127.0.0.1:{port}/k8s-audit"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     RULE,
     Poster,
@@ -26,8 +25,8 @@ from tests.faults.accounting import (
     read_kafka_alerts,
     scrape,
     send,
+    start_webhook_to_kafka,
     wait_until,
-    write_rules,
 )
 from tests.kafka_broker import KafkaBroker, unique_name
 
@@ -38,31 +37,12 @@ def test_broker_outage_mid_stream_loses_no_alert(private_kafka_broker: KafkaBrok
     broker = private_kafka_broker
     topic = unique_name("faults-outage")
     broker.create_topic(topic)
-    port = free_port()
-    proc = EventdProcess(
-        tmp_path,
-        {
-            "rules": [str(write_rules(tmp_path))],
-            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
-            "sinks": {
-                "stdout": {},
-                "kafka": {
-                    "bootstrap_servers": [broker.bootstrap],
-                    "topic": topic,
-                    "spool_dir": str(tmp_path / "spool"),
-                    "request_timeout_seconds": 3,
-                },
-            },
-        },
-    )
-    url = f"http://127.0.0.1:{port}/k8s-audit"
+    proc, url = start_webhook_to_kafka(tmp_path, broker.bootstrap, topic, tmp_path / "spool", stdout=True)
 
     def kafka(name: str, **labels: str) -> float:
         return metric(proc, name, sink="kafka", **labels)
 
     try:
-        proc.wait_ready()
-
         # 1. The broker is up: alerts go through, and are read back before the outage.
         before = send(url, batches("before", count=10, invalid=1))
         before_uuids = expected_uuids(before.alerting)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
+from tests.daemon_process import free_port
 from tests.faults.accounting import (
     RULE,
     Poster,
@@ -32,8 +32,8 @@ from tests.faults.accounting import (
     read_kafka_alerts,
     rss_bytes,
     scrape,
+    start_webhook_to_kafka,
     wait_until,
-    write_rules,
 )
 from tests.faults.tcp_proxy import ProxyThread
 from tests.kafka_broker import KafkaBroker, unique_name
@@ -89,23 +89,9 @@ def test_latency_throttling_and_cuts_lose_nothing_and_memory_stays_bounded(
     broker, proxy = proxied_broker
     topic = unique_name("faults-slow")
     broker.create_topic(topic)
-    port = free_port()
-    proc = EventdProcess(
-        tmp_path,
-        {
-            "rules": [str(write_rules(tmp_path))],
-            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
-            "sinks": {
-                "kafka": {
-                    "bootstrap_servers": [proxy.address],
-                    "topic": topic,
-                    "spool_dir": str(tmp_path / "spool"),
-                    "request_timeout_seconds": 5,
-                },
-            },
-        },
+    proc, url = start_webhook_to_kafka(
+        tmp_path, proxy.address, topic, tmp_path / "spool", request_timeout_seconds=5
     )
-    url = f"http://127.0.0.1:{port}/k8s-audit"
     sampler = RssSampler(proc.proc.pid)
     sampler.start()
 
@@ -113,7 +99,6 @@ def test_latency_throttling_and_cuts_lose_nothing_and_memory_stays_bounded(
         return metric(proc, name, sink="kafka")
 
     try:
-        proc.wait_ready()
         # Each produce request waits two latencies: the sink's throughput
         # drops to a few hundred KiB/s, and every connection dies each second.
         proxy.set_faults(latency=0.02, bytes_per_second=2 * 1024 * 1024)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
+from tests.daemon_process import EventdProcess
 from tests.faults.accounting import (
     RULE,
     assert_uuid_set,
@@ -37,40 +37,14 @@ from tests.faults.accounting import (
     read_kafka_alerts,
     scrape,
     send,
+    start_webhook_to_kafka,
     wait_until,
-    write_rules,
 )
 from tests.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 
 SPOOL_MAX_BYTES = 48 * 1024
-
-
-def start_eventd(
-    tmp_path: Path, broker: KafkaBroker, topic: str, spool_dir: Path, log_level: str = "info", **kafka: object
-) -> tuple[EventdProcess, str]:
-    """eventd with the webhook in and Kafka out; the webhook's URL."""
-    port = free_port()
-    proc = EventdProcess(
-        tmp_path,
-        {
-            "log_level": log_level,
-            "rules": [str(write_rules(tmp_path))],
-            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
-            "sinks": {
-                "kafka": {
-                    "bootstrap_servers": [broker.bootstrap],
-                    "topic": topic,
-                    "spool_dir": str(spool_dir),
-                    "request_timeout_seconds": 3,
-                    **kafka,
-                }
-            },
-        },
-    )
-    proc.wait_ready()
-    return proc, f"http://127.0.0.1:{port}/k8s-audit"
 
 
 def kafka_metric(proc: EventdProcess, name: str, **labels: str) -> float:
@@ -97,8 +71,13 @@ def test_a_full_spool_drops_exactly_the_overflow_by_policy_and_recovers(
     broker = private_kafka_broker
     broker.stop()
     topic = unique_name("faults-spool-full")
-    proc, url = start_eventd(
-        tmp_path, broker, topic, tmp_path / "spool", spool_max_bytes=SPOOL_MAX_BYTES, spool_full_policy=policy
+    proc, url = start_webhook_to_kafka(
+        tmp_path,
+        broker.bootstrap,
+        topic,
+        tmp_path / "spool",
+        spool_max_bytes=SPOOL_MAX_BYTES,
+        spool_full_policy=policy,
     )
     try:
         # Equal-size alerts (auditIDs of one length), many more than fit.
@@ -241,7 +220,9 @@ def test_disk_full_drops_are_counted_eventd_survives_and_recovers(
     broker = private_kafka_broker
     broker.stop()
     topic = unique_name("faults-disk-full")
-    proc, url = start_eventd(tmp_path, broker, topic, disk.spool_dir, log_level=disk.log_level)
+    proc, url = start_webhook_to_kafka(
+        tmp_path, broker.bootstrap, topic, disk.spool_dir, log_level=disk.log_level
+    )
     pid = proc.proc.pid
     try:
         disk.fill(pid)
@@ -294,7 +275,9 @@ def test_space_the_spool_filled_returns_once_the_broker_drains_it(
     broker = private_kafka_broker
     broker.stop()
     topic = unique_name("faults-self-full")
-    proc, url = start_eventd(tmp_path, broker, topic, disk.spool_dir, log_level=disk.log_level)
+    proc, url = start_webhook_to_kafka(
+        tmp_path, broker.bootstrap, topic, disk.spool_dir, log_level=disk.log_level
+    )
     try:
         disk.cap(proc.proc.pid)
         flood = send(url, batches("flood", count=40, alerting=40, quiet=0))
