@@ -6,18 +6,22 @@ import copy
 import json
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from bench.corpus import generate
 from eventd import alert_schema
+from eventd import alerts as alerts_module
 from eventd.alert_schema import AlertSchemaError, validate
-from eventd.alerts import build_alert, falco_passthrough_alert
+from eventd.alerts import alert_uuid, build_alert, falco_passthrough_alert
 from eventd.engine.loader import load_rules
 from eventd.engine.matcher import Matcher
 from eventd.events.falco_json import falco_alert_event
@@ -209,3 +213,13 @@ def test_error_lists_every_violation_briefly(audit_alert: dict[str, Any]) -> Non
 def test_non_object_is_refused() -> None:
     with pytest.raises(AlertSchemaError, match="is not of type 'object'"):
         validate([])
+
+
+@given(
+    rule=st.text(max_size=40), audit_id=st.text(max_size=40), stage=st.sampled_from(["ResponseComplete", ""])
+)
+def test_alert_uuid_is_uuid5_of_rule_and_event(rule: str, audit_id: str, stage: str) -> None:
+    """The hand-built uuid5 is the standard one: consumers may recompute it."""
+    event = Event(K8S_AUDIT, {"auditID": audit_id, "stage": stage})
+    name = f"{rule}\x00audit:{audit_id}:{stage}"
+    assert alert_uuid(rule, event) == str(uuid.uuid5(alerts_module._UUID_NAMESPACE, name))

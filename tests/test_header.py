@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from eventd.engine.ast import FieldRef
@@ -30,6 +30,7 @@ from eventd.events.header import (
     HEADER_FIELDS,
     UNSET,
     HeaderError,
+    block_decoder,
     decode_header,
     header_decoder,
     key_reader,
@@ -430,3 +431,137 @@ def test_lines_the_decoder_rejects_are_not_skipped(old: bytes, new: bytes) -> No
     prefilter = _matchers("builtin")[1].prefilter
     assert prefilter is not None
     assert not prefilter.skippable(line)
+
+
+# ------------------------------------------------------ whole blocks of lines
+
+
+def test_block_decoder_reads_one_header_per_native_event() -> None:
+    decode = block_decoder(("ka.verb", "ka.target.resource"))
+    lines = [orjson.dumps(audit_event(verb="create", resource="pods")), orjson.dumps(lease_renewal())]
+    headers = decode(b"[" + b"\n,".join(lines) + b"]")
+    assert [(h.verb, h.objectRef.resource) for h in headers] == [("create", "pods"), ("update", "leases")]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"kind": "EventList", "auditID": "a", "items": []},
+        {"apiVersion": "audit.k8s.io/v1", "auditID": "a", "verb": "get"},
+        {"kind": "Event", "verb": "get"},
+        {"kind": "Event", "auditID": "a", "kind ": "x", "verb": 7},
+        {"kind": "Event", "auditID": "a", "objectRef": "pods"},
+    ],
+    ids=["eventlist", "no-kind", "no-audit-id", "verb-not-a-string", "objectref-not-an-object"],
+)
+def test_block_decoder_refuses_what_is_not_routed_by_its_fields_alone(doc: dict[str, Any]) -> None:
+    decode = block_decoder(("ka.verb", "ka.target.resource"))
+    with pytest.raises(HeaderError):
+        decode(b"[" + orjson.dumps(lease_renewal()) + b"\n," + orjson.dumps(doc) + b"]")
+
+
+@pytest.mark.parametrize(
+    "block", [b"\n", b"   \n", b"\r\n", b"\n\n", b"\n" + orjson.dumps(lease_renewal()) + b"\n"]
+)
+def test_blocks_with_blank_lines_are_refused(block: bytes) -> None:
+    prefilter = _matchers("builtin")[1].prefilter
+    assert prefilter is not None
+    assert prefilter.select_block(block) is None
+
+
+def test_block_decoder_takes_any_audit_id_as_the_line_decoder_does() -> None:
+    # The k8saudit fields only ask whether auditID is there.
+    doc = {**lease_renewal(), "auditID": {"odd": [1]}}
+    (header,) = block_decoder(("ka.verb",))(b"[" + orjson.dumps(doc) + b"]")
+    assert header.verb == "update"
+
+
+#: Lines that are not one JSON document each, or not a native Event: the block
+#: holding one must be refused whole (and then goes line by line).
+ODD_LINES = {
+    "blank": b"",
+    "spaces": b"   ",
+    "two-documents": orjson.dumps(lease_renewal()) + b" " + orjson.dumps(lease_renewal()),
+    "pretty-printed": orjson.dumps(lease_renewal(), option=orjson.OPT_INDENT_2),
+    "newline-in-string": orjson.dumps(lease_renewal()).replace(b"kube-scheduler", b"kube-\nscheduler", 1),
+    "truncated": orjson.dumps(lease_renewal())[:-7],
+    "falco-alert": orjson.dumps(falco_alert()),
+    "eventlist": orjson.dumps({"kind": "EventList", "items": [lease_renewal()]}),
+    "array": orjson.dumps([lease_renewal()]),
+    "not-json": b"hello world",
+}
+
+
+def _block(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def _line_verdicts(name: str, lines: list[bytes]) -> tuple[int, list[int]]:
+    prefilter = _matchers(name)[1].prefilter
+    assert prefilter is not None
+    return len(lines), [i for i, line in enumerate(lines) if not prefilter.skippable(line)]
+
+
+def _routed_alone(line: bytes) -> bool:
+    """A native Event with an auditID and string routing fields."""
+    try:
+        header = decode_header(line)
+    except HeaderError:
+        return False
+    return header.kind == "Event" and header.auditID is not UNSET
+
+
+@pytest.mark.parametrize("name", RULESET_NAMES)
+@SETTINGS
+@given(
+    lines=st.one_of(
+        st.lists(builder_lines().filter(_routed_alone), min_size=1, max_size=12),
+        st.lists(builder_lines(), min_size=1, max_size=12),
+    ),
+    odd=st.one_of(
+        st.just([]),
+        st.lists(st.tuples(st.sampled_from(sorted(ODD_LINES)), st.integers(0, 12)), min_size=1, max_size=2),
+    ),
+)
+def test_block_verdicts_are_the_line_verdicts(name: str, lines: list[bytes], odd) -> None:
+    """Judged whole, a block gives each line the verdict it gets alone, or
+    refuses the block; it refuses every block with a line it cannot judge."""
+    for kind, at in odd:
+        lines.insert(min(at, len(lines)), ODD_LINES[kind])
+    prefilter = _matchers(name)[1].prefilter
+    assert prefilter is not None
+    routed = prefilter.select_block(_block(lines))
+    event("judged whole" if routed is not None else "refused")
+    if routed is not None:
+        assert routed == _line_verdicts(name, lines)
+    if odd:
+        assert routed is None
+    elif all(_routed_alone(line) for line in lines):
+        assert routed is not None, "a block of plain audit events must be judged whole"
+
+
+@pytest.mark.parametrize("name", RULESET_NAMES)
+def test_block_verdicts_on_the_bench_corpus(name: str, tmp_path: Path) -> None:
+    """Realistic lines: most are skipped, blocks are judged whole, and each
+    verdict is the line's own."""
+    from bench.corpus import write_corpus
+
+    corpus = tmp_path / "audit.jsonl"
+    write_corpus(corpus, 2000, seed=7, pod_ratio=0.05)
+    lines = corpus.read_bytes().splitlines()
+    prefilter = _matchers(name)[1].prefilter
+    assert prefilter is not None
+    for start in range(0, len(lines), 100):
+        chunk = lines[start : start + 100]
+        routed = prefilter.select_block(_block(chunk))
+        assert routed is not None
+        assert routed == _line_verdicts(name, chunk)
+
+
+def test_resource_gate_only_when_every_rule_names_the_resource() -> None:
+    builtin = _matchers("builtin")[1].indexes[K8S_AUDIT]
+    admitted = builtin.admitted("ka.target.resource")
+    assert admitted is not None and {"pods", "deployments", "secrets"} <= admitted
+    assert "leases" not in admitted
+    routing = _matchers("routing")[1].indexes[K8S_AUDIT]
+    assert routing.admitted("ka.target.resource") is None  # a rule reads only the user and level

@@ -41,22 +41,35 @@ def value_text(value: Extracted) -> str:
     if value is None:
         return "<NA>"
     if isinstance(value, tuple):
-        return "(" + ",".join(value_text(v) for v in value) + ")"
+        try:  # list fields hold strings: join them in C
+            return "(" + ",".join(value) + ")"  # type: ignore[arg-type]
+        except TypeError:
+            return "(" + ",".join(map(value_text, value)) + ")"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
 class OutputFormat:
-    """A compiled output format.  Immutable once compiled."""
+    """A compiled output format.  Immutable once compiled.
 
-    __slots__ = ("_parts", "text", "tokens")
+    Rendering runs once per alert, so the literal text is kept as a
+    printf-style template (``%`` doubled) and the values are put in by C.
+    """
+
+    __slots__ = ("_getters", "_padded", "_template", "text", "tokens")
 
     def __init__(self, text: str, parts: tuple[tuple[str, BoundField | None, int], ...]) -> None:
         self.text = text
-        #: ``(literal, None, 0)`` or ``(token text, bound field, width)``.
-        self._parts = parts
-        self.tokens: tuple[str, ...] = tuple(p[0] for p in parts if p[1] is not None)
+        fields = [(token, bound, width) for token, bound, width in parts if bound is not None]
+        #: The text as written of each field token, in order (``output_fields`` keys).
+        self.tokens: tuple[str, ...] = tuple(token for token, _, _ in fields)
+        self._getters = tuple(bound.get for _, bound, _ in fields)
+        #: ``(position, width)`` of tokens with a ``%<width>`` (rare).
+        self._padded = tuple((i, width) for i, (_, _, width) in enumerate(fields) if width)
+        self._template = "".join(
+            token.replace("%", "%%") if bound is None else "%s" for token, bound, _ in parts
+        )
 
     @classmethod
     def compile(cls, text: str, fields: FieldSet) -> OutputFormat:
@@ -102,19 +115,12 @@ class OutputFormat:
 
     def render(self, event: Event) -> tuple[str, dict[str, Any]]:
         """The output line for ``event`` and its ``output_fields`` (a fresh dict)."""
-        pieces: list[str] = []
-        values: dict[str, Any] = {}
-        for token, bound, width in self._parts:
-            if bound is None:
-                pieces.append(token)
-                continue
-            value = bound.get(event)
-            values[token] = list(value) if type(value) is tuple else value
-            shown = value_text(value)
-            if width:
-                shown = shown[:width].ljust(width)
-            pieces.append(shown)
-        return "".join(pieces), values
+        values = [get(event) for get in self._getters]
+        shown = list(map(value_text, values))
+        for i, width in self._padded:
+            shown[i] = shown[i][:width].ljust(width)
+        fields = dict(zip(self.tokens, [list(v) if type(v) is tuple else v for v in values], strict=True))
+        return self._template % tuple(shown), fields
 
     def __repr__(self) -> str:
         return f"OutputFormat({self.text!r})"
