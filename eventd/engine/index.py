@@ -376,8 +376,11 @@ class Prefilter:
             return skip
 
         def select_block(block: bytes) -> tuple[int, list[int]] | None:
+            array = bytearray(b"[")
+            array += block.replace(b"\n", b"\n,")
+            array[-1] = 0x5D  # the comma after the last newline becomes "]"
             try:
-                headers = decode(b"".join((b"[", block[:-1].replace(b"\n", b"\n,"), b"]")))
+                headers = decode(array)
             except HeaderError:
                 return None
             if not headers:  # one line of whitespace: "[ ]" is an empty array

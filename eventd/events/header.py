@@ -126,7 +126,7 @@ def header_decoder(fields: Iterable[str]) -> Callable[[bytes], Any]:
     return msgspec.json.Decoder(msgspec.defstruct("RoutingHeader", members, gc=False)).decode
 
 
-def block_decoder(fields: Iterable[str]) -> Callable[[bytes], list[Any]]:
+def block_decoder(fields: Iterable[str]) -> Callable[[bytes | bytearray], list[Any]]:
     """A decoder of a JSON array of routing headers of native audit Events.
 
     ``Prefilter.select_block`` hands it a whole block of lines turned into

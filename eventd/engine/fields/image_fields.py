@@ -121,7 +121,7 @@ def _family_refs(
                 spec = spec_of(ev)
                 containers = spec.get(family) if type(spec) is dict else None
                 if type(containers) is list:
-                    got = tuple(parse(_image_text(c)) for c in containers)
+                    got = tuple(map(parse, map(_image_text, containers)))
             cache[cache_key] = got
         return got
 
