@@ -130,8 +130,8 @@ def block_decoder(fields: Iterable[str]) -> Callable[[bytes | bytearray], list[A
     """A decoder of a JSON array of routing headers of native audit Events.
 
     ``Prefilter.select_block`` hands it a whole block of lines turned into
-    one array, so that a thousand lines cost one call into C instead of a
-    thousand.  It is stricter than ``header_decoder``: ``kind`` must be
+    one array, so that all its lines cost one call into C instead of one
+    each.  It is stricter than ``header_decoder``: ``kind`` must be
     ``"Event"`` and ``auditID`` present, so every header it returns is
     routed on its routing fields alone.  Anything else in the block (a Falco
     alert, an ``EventList``, an event without ``auditID``, a broken line)
