@@ -67,7 +67,6 @@ class ScanStats:
     events: int = 0
     rejected: int = 0
     alerts: int = 0
-    bytes_read: int = 0
     by_rule: Counter[str] = field(default_factory=Counter)
     reject_reasons: Counter[str] = field(default_factory=Counter)
 

@@ -268,6 +268,7 @@ class Prefilter:
 
     __slots__ = (
         "_audit",
+        "_event_skippable",
         "_has_falco_rules",
         "_missing",
         "_read_high",
@@ -284,6 +285,7 @@ class Prefilter:
         self._read_high = key_reader(names[width:])
         self._missing = ((None,) * width, (None,) * (len(names) - width))
         self._has_falco_rules = has_falco_rules
+        self._event_skippable = self._make_event_skippable()
         self.skippable = self._make_skippable()
         self.select_block = self._make_select_block()
 
@@ -304,11 +306,9 @@ class Prefilter:
         every line of every input.
         """
         audit = self._audit
-        memo = {} if audit is None else audit.memo
-        lookup = None if audit is None else audit.memo_lookup
         select = None if audit is None else audit.candidates_for
-        read_low, read_high = self._read_low, self._read_high
         missing_low, missing_high = self._missing
+        event_skippable = self._event_skippable
         has_falco_rules = self._has_falco_rules
         names = () if audit is None else tuple(f.ref.name for f in audit.fields)
         decode, unset = header_decoder(names), UNSET
@@ -324,18 +324,41 @@ class Prefilter:
                 # Without an auditID every ka.* field is missing (as in Falco).
                 if header.auditID is unset:
                     return not select(missing_low, missing_high)  # type: ignore[misc]
-                low = read_low(header)
-                bucket = memo.get(low)
-                if bucket is None:
-                    bucket = lookup(low)  # type: ignore[misc]
-                if not bucket:  # the common case: nothing can fire
-                    return True
-                return not select(low, read_high(header))  # type: ignore[misc]
+                return event_skippable(header)
             if is_falco_alert(header):
                 return not has_falco_rules
             return False
 
         return skippable
+
+    def _make_event_skippable(self) -> Callable[[object], bool]:
+        """``event_skippable(header)``: True when no rule can match the Event
+        (with an ``auditID``) whose routing header this is.
+
+        Shared by ``skippable`` and ``select_block``.  Most routing keys
+        decide alone, so their verdicts are kept in a table and the index is
+        asked once per new key; a key whose rules also need high-cardinality
+        values (a namespace, an object name) is judged per header.
+        """
+        audit = self._audit
+        if audit is None:
+            return lambda _header: True
+        read_low, read_high = self._read_low, self._read_high
+        verdicts: dict[tuple[str | None, ...], bool] = {}
+
+        def event_skippable(header: object) -> bool:
+            key = read_low(header)
+            skip = verdicts.get(key)
+            if skip is None:
+                bucket = audit.memo_lookup(key)
+                if bucket.needs_high:
+                    return not bucket.select(read_high(header))
+                if len(verdicts) >= _MEMO_LIMIT:
+                    verdicts.clear()
+                verdicts[key] = skip = not bucket
+            return skip
+
+        return event_skippable
 
     def _make_select_block(self) -> Callable[[bytes], tuple[int, list[int]] | None]:
         """``select_block(block)``: ``(lines, wanted)`` for a block of whole
@@ -347,8 +370,8 @@ class Prefilter:
         line, which is most of a scan's time.  Here the block becomes one JSON
         array, by putting a comma after every newline, decoded in one call
         (``events.header.block_decoder``); one field read through a set drops
-        most lines (see ``_gate``), and the rest are judged by routing key
-        from a table of verdicts, asking the index once per new key.
+        most lines (see ``_gate``), and the rest get ``_event_skippable``'s
+        verdict, the one ``skippable`` uses too.
 
         The array decodes only if every line holds exactly one JSON
         document: a comma may not stand inside a document's whitespace, a
@@ -361,19 +384,8 @@ class Prefilter:
         audit = self._audit
         names = () if audit is None else tuple(f.ref.name for f in audit.fields)
         decode = block_decoder(names)
-        read_low, read_high = self._read_low, self._read_high
+        event_skippable = self._event_skippable
         gate = None if audit is None else self._gate(audit, names[: audit.memo_width])
-        #: routing key -> skippable, for keys that decide alone (most of them).
-        verdicts: dict[tuple[str | None, ...], bool] = {}
-
-        def verdict(header: object, key: tuple[str | None, ...]) -> bool:
-            bucket = audit.memo_lookup(key)  # type: ignore[union-attr]
-            if bucket.needs_high:
-                return not bucket.select(read_high(header))
-            if len(verdicts) >= _MEMO_LIMIT:
-                verdicts.clear()
-            verdicts[key] = skip = not bucket
-            return skip
 
         def select_block(block: bytes) -> tuple[int, list[int]] | None:
             array = bytearray(b"[")
@@ -392,16 +404,7 @@ class Prefilter:
             else:
                 read_gate, admits = gate
                 candidates = list(compress(range(len(headers)), map(admits, map(read_gate, headers))))
-            wanted = []
-            for i in candidates:
-                header = headers[i]
-                key = read_low(header)
-                skip = verdicts.get(key)
-                if skip is None:
-                    skip = verdict(header, key)
-                if not skip:
-                    wanted.append(i)
-            return len(headers), wanted
+            return len(headers), [i for i in candidates if not event_skippable(headers[i])]
 
         return select_block
 
