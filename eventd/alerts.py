@@ -44,6 +44,9 @@ class Alert:
     hostname: str
     uuid: str
     context: dict[str, Any] = field(default_factory=dict)
+    #: ``to_json``'s result, kept: every sink and lane (which bounds its queue
+    #: in bytes) needs it, and an alert does not change once it is sent.
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +63,10 @@ class Alert:
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        encoded = self._json
+        if encoded is None:
+            encoded = self._json = orjson.dumps(self.to_dict())
+        return encoded
 
     def text_line(self) -> str:
         """Falco's text output: ``HH:MM:SS.nnnnnnnnn: Priority message``."""

@@ -3,6 +3,12 @@
 Adding an input or an output is a new module plus one line here; the class
 is imported only when configured (the gRPC stack, say, costs start-up time
 for users who never use it).
+
+Constructing a source or sink validates it without side effects (files
+readable, TLS loadable, names legal, directories usable) and starts nothing:
+``eventd.daemon.validate`` builds them all for ``run``, ``run --check`` and
+the manifest tests alike, so a config ``--check`` accepts is one ``run``
+accepts.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from eventd.config import ConfigError
+from eventd.logs import scrub
 from eventd.metrics import Metrics
 from eventd.sinks.policy import PolicySink
 from eventd.sources.base import Source
@@ -40,20 +48,42 @@ def _load(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's text on one line (its class name if it has none), for a
+    start-up error that must fit the single line eventd prints."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _construct(spec: str, section: Any, metrics: Metrics, key: str) -> Any:
+    """``Class(section, metrics)``; a constructor's stray ``OSError`` or
+    ``ValueError`` becomes a ``ConfigError`` naming ``key``, so every refusal
+    reads the same (one line, key first) whichever check made it."""
+    cls = _load(spec)
+    try:
+        return cls(section, metrics)
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:
+        # scrub: the text of a stray exception may quote a secret it was given.
+        raise ConfigError(key, scrub(one_line(err))) from None
+
+
 def build_sources(sections: Any, metrics: Metrics) -> list[Source]:
+    """Every configured source, constructed (which validates it) but not started."""
     sources = []
     for key, spec in SOURCE_CLASSES.items():
         section = getattr(sections, key)
         if section is not None:
-            sources.append(_load(spec)(section, metrics))
+            sources.append(_construct(spec, section, metrics, f"sources.{key}"))
     return sources
 
 
 def build_sinks(sections: Any, metrics: Metrics) -> list[PolicySink]:
-    """Every configured sink, behind its own filters and dedup (``PolicySink``)."""
+    """Every configured sink, behind its own filters and dedup (``PolicySink``),
+    constructed (which validates it) but not started."""
     sinks = []
     for key, spec in SINK_CLASSES.items():
         section = getattr(sections, key)
         if section is not None:
-            sinks.append(PolicySink(_load(spec)(section, metrics), section, metrics))
+            sinks.append(PolicySink(_construct(spec, section, metrics, f"sinks.{key}"), section, metrics))
     return sinks

@@ -29,7 +29,10 @@ from typing import Any, Literal
 
 import yaml
 
+from eventd.boundedfile import FileTooLarge, read_bounded
 from eventd.engine.priority import Priority
+from eventd.events.redact import DEFAULT_CREDENTIAL_KEY_PATTERN, check_pattern, check_pointer
+from eventd.redact_url import redact_urls_in
 
 ENV_PREFIX = "EVENTD_"
 
@@ -98,6 +101,14 @@ class ClientTLS:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: Listen = Listen("127.0.0.1", 9376)
+    #: Open connections kept (Prometheus and the kubelet need a few); more are
+    #: closed at once.  Also capped by a share of the descriptor limit.
+    max_connections: int = 64
+    #: A request head must be complete this long after the connection opens
+    #: (or after the first byte of a later request): slow-loris clients are cut.
+    header_timeout_seconds: float = 15.0
+    #: A kept-alive connection without a request is closed after this.
+    idle_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,19 @@ class HttpInputConfig:
     #: Listen on a non-loopback address without TLS client certificates or a
     #: token.  Off by default: audit events and alerts are sensitive.
     allow_unauthenticated: bool = False
+    #: Bytes of request bodies held at once across all requests of the input
+    #: (inflated size), until each is answered; past it new bodies get 503 +
+    #: Retry-After.  A body costs ~8x its size while decoded: 48 MiB kept 64
+    #: concurrent 11.6 MiB webhook batches under 512 MB RSS.
+    max_inflight_bytes: int = 48 * 1024 * 1024
+    #: Open connections kept (TLS handshakes included); more are closed at
+    #: once.  Also capped by a share of the descriptor limit.
+    max_connections: int = 512
+    #: A request head must be complete this long after the connection opens
+    #: (or after the first byte of a later request), TLS handshake included.
+    header_timeout_seconds: float = 15.0
+    #: A kept-alive connection without a request is closed after this.
+    idle_timeout_seconds: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +152,8 @@ class FalcoHttpConfig(HttpInputConfig):
     listen: Listen = Listen("127.0.0.1", 2801)
     path: str = "/"
     max_body_bytes: int = 1024 * 1024
+    #: Falco posts one small alert per request: 8 bodies of the 1 MiB cap.
+    max_inflight_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +209,13 @@ class KafkaSourceConfig:
     #: Consumer-group session: a replica silent this long loses its partitions.
     #: Kafka brokers accept 6 to 1800 s by default (group.min/max.session.timeout.ms).
     session_timeout_seconds: float = 10.0
+    #: On stop: how long to wait for in-flight alerts to reach the broker
+    #: before committing what did; keep it below ``shutdown_grace_seconds``.
+    drain_timeout_seconds: float = 10.0
+    #: Commit input offsets in the Kafka sink's transaction that produces the
+    #: batch's alerts (needs ``sinks.kafka`` on the same cluster, and a
+    #: broker with transactions); see ``sinks/kafka_transactions.py``.
+    exactly_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +238,23 @@ class DedupConfig:
     keys: tuple[str, ...] = ("namespace", "workload", "images")
     #: When the window closes, send one summary alert with the count.
     summary: bool = True
+    #: Open windows kept; past it (or ``max_bytes``) the oldest closes early.
+    max_windows: int = 10_000
+    #: Bytes of the alerts open windows keep for their summaries.
+    max_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BufferConfig:
+    """A sink's in-memory queue (its lane), bounded in alerts and in bytes.
+
+    Full, a best-effort sink (stdout, Slack, Alertmanager, webhook) drops its
+    oldest alerts (counted); a durable sink (Kafka, file) makes the inputs
+    wait instead (503 + Retry-After, consumption paused).
+    """
+
+    max_alerts: int = 10_000
+    max_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +269,7 @@ class SinkConfig:
     tags: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     dedup: DedupConfig | None = None
+    buffer: BufferConfig = BufferConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +309,15 @@ class KafkaSinkConfig(SinkConfig):
     #: Write-ahead spool for alerts the broker has not acknowledged.
     spool_dir: Path = Path("/var/lib/eventd/spool")
     spool_max_bytes: int = 256 * 1024 * 1024
-    #: When the spool is full: drop the oldest alerts or refuse the newest.
-    spool_full_policy: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    #: When the spool is full (``spool_max_bytes``, or the disk): ``block``
+    #: pushes back on the inputs until the broker drains it; ``drop_oldest``
+    #: and ``drop_newest`` keep taking input and drop alerts (counted).
+    spool_full_policy: Literal["block", "drop_oldest", "drop_newest"] = "block"
     request_timeout_seconds: float = 30.0
+    #: The transactional producer's id for ``sources.kafka.exactly_once``;
+    #: unique per replica and stable across its restarts (default:
+    #: ``<client_id>-<host name>``, the pod name in Kubernetes).
+    transactional_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,9 +377,44 @@ class MetricsConfig:
     #: Distinct values kept per metric label taken from events; others are
     #: counted under ``other`` (guards Prometheus against cardinality blow-ups).
     label_value_cap: int = 100
+    #: Longer event-supplied label values are cut to this many characters.
+    label_value_max_length: int = 128
     #: Registries (and registry/path prefixes) counted as trusted in
     #: ``eventd_image_pulls_total``; keep in step with eventd_allowed_registries.
     trusted_registries: tuple[str, ...] = ("myregistry.io", "gcr.io/my-project", "docker.io/library")
+
+
+@dataclass(frozen=True, slots=True)
+class RedactPath:
+    """One more place to redact: a JSON pointer into the objects of a resource."""
+
+    #: ``objectRef.resource`` of the audit events (``ingresses``, ``configmaps``...),
+    #: or ``falco`` for Falco alerts (the pointer then starts at the alert).
+    resource: str
+    #: JSON pointer inside the request/response object (and its list items and
+    #: JSON patches); ``*`` matches any key or index: ``/metadata/annotations/*``.
+    pointer: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedactionConfig:
+    """What eventd redacts from events before rules, alerts and sinks see them.
+
+    Secrets are always redacted, whatever their shape; this section adds the
+    credentials that other objects carry.  The defaults are on: turning one
+    off lets those values reach every sink.
+    """
+
+    #: Names that look like credentials (a regular expression searched
+    #: case-insensitively): ConfigMap keys, env variable names, ``NAME=value``.
+    credential_key_pattern: str = DEFAULT_CREDENTIAL_KEY_PATTERN
+    #: ConfigMap ``data``/``binaryData`` values whose key matches.
+    configmaps: bool = True
+    #: ``env[].value`` of pods and workload pod templates whose name matches.
+    pod_env: bool = True
+    #: Credentials in Falco alerts' ``output_fields`` (and the same in ``output``).
+    falco_output_fields: bool = True
+    extra_paths: tuple[RedactPath, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +435,12 @@ class Config:
     #: Batches waiting for the matcher before inputs are pushed back.  A
     #: webhook batch is up to 400 decoded events (~3 MB): 32 bounds memory.
     queue_size: int = 32
+    #: The same queue's bound in input bytes (Kafka records, file lines).
+    queue_max_bytes: int = 64 * 1024 * 1024
     #: On SIGTERM: how long to drain queues and flush sinks before exiting.
     shutdown_grace_seconds: float = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redaction: RedactionConfig = field(default_factory=RedactionConfig)
 
 
 DEFAULT_CONFIG = Config(
@@ -364,7 +459,10 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
         data: dict[str, Any] = to_plain(DEFAULT_CONFIG)
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_bounded(path).decode("utf-8")
+        except FileTooLarge as err:
+            limit = err.limit
+            raise ConfigError("", f"{path}: larger than {limit} bytes, the limit for a config file") from None
         except OSError as err:
             raise ConfigError("", f"cannot read config {path}: {err.strerror or err}") from None
         except UnicodeDecodeError as err:
@@ -444,7 +542,11 @@ def build(cls: type, data: Any, key: str) -> Any:
 
 
 #: Extra checks of values by key name, wherever the key appears.
-_FIELD_CHECKS: dict[str, Any] = {"min_priority": Priority.parse}
+_FIELD_CHECKS: dict[str, Any] = {
+    "min_priority": Priority.parse,
+    "credential_key_pattern": check_pattern,
+    "pointer": check_pointer,
+}
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -510,7 +612,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    """A refused value for an error message; URLs in it lose their credentials."""
+    text = redact_urls_in(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

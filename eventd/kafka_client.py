@@ -8,18 +8,29 @@ arguments for aiokafka's consumer, producer and admin client.
 Files are read on every call: a client calls it again when it reconnects,
 so a rotated password or certificate is picked up without a restart.
 Problems raise ``ConfigError`` naming the key, never a bare ``OSError``.
+The password file is a ``SecretFile``: validated at the first read (no line
+break or control character), and a rotation to a bad value keeps the last
+good password (warned about and counted) instead of stopping the client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 
 from eventd.config import ClientTLS, ConfigError, KafkaSASL
+from eventd.metrics import Metrics
+from eventd.secretfile import SecretFile
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition
 
 log = structlog.get_logger(__name__)
 
@@ -33,10 +44,12 @@ def client_options(
     sasl: KafkaSASL | None,
     *,
     key: str,
+    metrics: Metrics | None = None,
 ) -> dict[str, Any]:
     """aiokafka keyword arguments for one configured client.
 
-    ``key`` is the config section (``sources.kafka``), used in error messages.
+    ``key`` is the config section (``sources.kafka``), used in error messages;
+    ``metrics`` counts refused re-reads of the password file.
     """
     if not bootstrap_servers:
         raise ConfigError(f"{key}.bootstrap_servers", "at least one host:port is required")
@@ -49,7 +62,7 @@ def client_options(
         options["ssl_context"] = ssl_context(tls, key=f"{key}.tls")
         options["security_protocol"] = "SSL"
     if sasl is not None:
-        options.update(sasl_options(sasl, key=f"{key}.sasl"))
+        options.update(sasl_options(sasl, key=f"{key}.sasl", metrics=metrics))
         options["security_protocol"] = "SASL_SSL" if tls is not None else "SASL_PLAINTEXT"
         if tls is None and sasl.mechanism == "PLAIN":
             log.warning("kafka_sasl_plain_without_tls", config=key, reason="password sent in clear text")
@@ -70,7 +83,7 @@ def ssl_context(tls: ClientTLS, *, key: str) -> ssl.SSLContext:
     return context
 
 
-def sasl_options(sasl: KafkaSASL, *, key: str) -> dict[str, Any]:
+def sasl_options(sasl: KafkaSASL, *, key: str, metrics: Metrics | None = None) -> dict[str, Any]:
     if not sasl.username:
         raise ConfigError(f"{key}.username", "required with SASL")
     if sasl.password_file is None:
@@ -78,18 +91,51 @@ def sasl_options(sasl: KafkaSASL, *, key: str) -> dict[str, Any]:
     return {
         "sasl_mechanism": sasl.mechanism,
         "sasl_plain_username": sasl.username,
-        "sasl_plain_password": read_secret(sasl.password_file, key=f"{key}.password_file"),
+        "sasl_plain_password": read_secret(sasl.password_file, key=f"{key}.password_file", metrics=metrics),
     }
 
 
-def read_secret(path: Path, *, key: str) -> str:
-    """The file's text without the trailing newline editors and Secrets add."""
+#: One ``SecretFile`` per password file and key, kept across reconnects so a
+#: bad rotation falls back to the last good password.
+_password_files: dict[tuple[Path, str], SecretFile] = {}
+
+
+def read_secret(path: Path, *, key: str, metrics: Metrics | None = None) -> str:
+    """The password in ``path`` (see ``SecretFile``); ``ConfigError`` naming
+    ``key`` if the first read fails."""
+    secret = _password_files.get((path, key))
+    if secret is None:
+        secret = _password_files[(path, key)] = SecretFile(path, key, metrics)
+    return secret.value()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedOffsets:
+    """Input offsets to commit in the same transaction as a batch's alerts
+    (``sources.kafka.exactly_once``).
+
+    ``generation`` counts the source's consumer sessions and rebalances: once
+    a transaction of a generation failed, the sink refuses the later ones of
+    that generation, so no commit can pass the failed batch's records (the
+    source starts a new generation from the last committed offsets).
+    ``is_current`` says whether the source is still in that generation: a
+    batch queued before a rebalance is not committed after it.
+    """
+
+    group_id: str
+    offsets: Mapping[TopicPartition, int]
+    generation: int
+    is_current: Callable[[], bool]
+
+
+async def started_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+    """An aiokafka producer, started; stopped again if starting fails (a
+    half-started producer keeps connections and tasks)."""
+    producer = AIOKafkaProducer(**options)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        raise ConfigError(key, f"cannot read {path}: {reason}") from None
-    secret = text.rstrip("\r\n")
-    if not secret:
-        raise ConfigError(key, f"{path} is empty")
-    return secret
+        await producer.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        raise
+    return producer

@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from eventd import __version__
+from eventd.config import MetricsConfig
 
 # ``*_created`` series double every labelled counter for no use on dashboards.
 disable_created_metrics()
@@ -27,8 +28,9 @@ disable_created_metrics()
 class Metrics:
     """All metrics of one eventd process."""
 
-    def __init__(self, label_value_cap: int = 100) -> None:
+    def __init__(self, label_value_cap: int = 100, label_value_max_length: int = 128) -> None:
         self.label_value_cap = label_value_cap
+        self.label_value_max_length = label_value_max_length
         self._label_values: dict[str, set[str]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -80,8 +82,43 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.checkpoint_unusable = Counter(
+            "eventd_checkpoint_unusable_total",
+            "Start-ups that found a source's checkpoint unusable and re-read from the start instead, "
+            "by source and reason (invalid: damaged content; unreadable: a directory, permissions, I/O).",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_up = Gauge(
             "eventd_source_up", "1 while a source is connected / listening.", ["source"], registry=r
+        )
+        # -- listeners (the ops server "server" and the HTTP inputs, by source name)
+        self.listener_connections = Gauge(
+            "eventd_listener_connections",
+            "Open connections of a listener (TLS handshakes included).",
+            ["listener"],
+            registry=r,
+        )
+        self.listener_closed = Counter(
+            "eventd_listener_closed_total",
+            "Connections eventd closed to protect a listener, by reason (capacity: over the "
+            "connection cap; header_timeout: request head too slow; idle_timeout: no request; "
+            "tls_handshake: handshake failed; bad_request: malformed HTTP on the ops server).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "eventd_tls_handshake_failures_total",
+            "Failed TLS handshakes, by listener and reason (no_certificate, bad_certificate, alert, "
+            "protocol, timeout, closed, other).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self.listener_accept_errors = Counter(
+            "eventd_listener_accept_errors_total",
+            "accept() failures of a listener, by errno (EMFILE: the descriptor limit is reached).",
+            ["listener", "reason"],
+            registry=r,
         )
         # -- sinks
         self.sink_deliveries = Counter(
@@ -111,6 +148,18 @@ class Metrics:
         self.sink_queue_depth = Gauge(
             "eventd_sink_queue_depth", "Alerts waiting in a sink's memory queue.", ["sink"], registry=r
         )
+        self.sink_queue_bytes = Gauge(
+            "eventd_sink_queue_bytes",
+            "Bytes of the alerts waiting in a sink's memory queue.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_up = Gauge(
+            "eventd_sink_up",
+            "1 while a sink delivers (or its destination answers probes), 0 while it fails.",
+            ["sink"],
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             "eventd_spool_bytes", "Bytes in a sink's on-disk spool.", ["sink"], registry=r
         )
@@ -131,9 +180,16 @@ class Metrics:
         self.build_info = Info("eventd_build", "eventd version.", registry=r)
         self.build_info.info({"version": __version__})
 
+    @classmethod
+    def configured(cls, config: MetricsConfig) -> Metrics:
+        return cls(config.label_value_cap, config.label_value_max_length)
+
     def capped(self, label: str, value: str) -> str:
-        """``value``, or ``other`` once ``label`` already has ``label_value_cap``
-        distinct values: event-supplied label values cannot blow up Prometheus."""
+        """``value`` cut to ``label_value_max_length`` characters, or ``other``
+        once ``label`` already has ``label_value_cap`` distinct values: label
+        values an event supplies (a Falco rule name, a registry) cannot blow up
+        Prometheus or ``/metrics`` in count or in size."""
+        value = value[: self.label_value_max_length]
         seen = self._label_values.setdefault(label, set())
         if value in seen:
             return value

@@ -17,6 +17,12 @@ Files are read a block of lines at a time, and with the prefilter each block
 is judged whole first (``Prefilter.select_block``): the headers of all its
 lines in one decode.  Pipes are read a line at a time, so that alerts come
 out as soon as their line comes in.
+
+Memory is bounded whatever the input: a line longer than ``max_line_bytes``
+is skipped (reported as ``too_large``) by reading on to its end in bounded
+pieces, never held whole, and gzip is decompressed a block at a time.  So
+what a scan holds of its input stays under twice ``max_line_bytes`` plus a
+few blocks, be it ``/dev/zero``, a 2 GB line or a gzip bomb.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ BLOCK_BYTES = 1 << 16
 #: judge whole, the rest of the input goes line by line (a file that mixes
 #: Falco alerts with audit events would otherwise be decoded twice).
 BLOCK_MISSES_BEFORE_LINES = 3
+#: Longest line scanned, newline excluded: the daemon's default
+#: ``sources.audit_log.max_line_bytes``, so that a scan of a log skips the
+#: lines the daemon following it would skip.
+DEFAULT_MAX_LINE_BYTES = 262144
 
 
 class NotAuditData(Exception):
@@ -100,13 +110,17 @@ class Scanner:
         rule_matching: str = "first",
         min_priority: Priority = Priority.DEBUG,
         hostname: str = "",
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError(f"max_line_bytes must be positive, not {max_line_bytes}")
         self.matcher = Matcher(ruleset, rule_matching=rule_matching)
         self.prefilter = self.matcher.prefilter if prefilter else None
         self.on_alert = on_alert
         self.on_reject = on_reject
         self.min_priority = min_priority
         self.hostname = hostname
+        self.max_line_bytes = max_line_bytes
         self.stats = ScanStats()
         self._good = 0  # lines of the current input that decoded
         self._bad = 0  # lines of the current input that did not
@@ -118,7 +132,7 @@ class Scanner:
             if raw.seekable():
                 self.scan_file(stream, path, progress=progress, raw=raw)
             else:  # a pipe: one line at a time, so alerts are not held back waiting for input
-                self.scan_lines(stream, path, streaming=True)
+                self.scan_stream(stream, path)
         finally:
             if path != "-":
                 raw.close()
@@ -145,33 +159,47 @@ class Scanner:
         select_block = self.prefilter.select_block if self.prefilter is not None else None
         misses = 0  # blocks in a row that select_block could not judge
         first = 1  # line number of the block's first line
-        for block in _blocks(stream, block_size):
-            if not block.endswith(b"\n"):  # the input's unterminated last line
+        for block in _blocks(stream, block_size, self.max_line_bytes):
+            if block is None:
+                self._too_long(name, first)
+                first += 1
+            elif not block.endswith(b"\n"):  # the input's unterminated last line
                 first += self._scan_chunk([block], first, name)
-                continue
-            routed = select_block(block) if select_block is not None else None
-            if routed is None:
-                if select_block is not None:
-                    misses += 1
-                    if misses >= BLOCK_MISSES_BEFORE_LINES:
-                        select_block = None
-                first += self._scan_chunk(io.BytesIO(block).readlines(), first, name)
             else:
-                misses = 0
-                count, wanted = routed
-                self._parse_kept(zip(wanted, _lines_at(block, wanted), strict=True), count, first, name)
-                first += count
+                routed = select_block(block) if select_block is not None else None
+                if routed is None:
+                    if select_block is not None:
+                        misses += 1
+                        if misses >= BLOCK_MISSES_BEFORE_LINES:
+                            select_block = None
+                    first += self._scan_chunk(io.BytesIO(block).readlines(), first, name)
+                else:
+                    misses = 0
+                    count, wanted = routed
+                    self._parse_kept(zip(wanted, _lines_at(block, wanted), strict=True), count, first, name)
+                    first += count
             if progress is not None and raw is not None:
                 progress(raw.tell())
         self._end_input(name)
 
-    def scan_lines(self, lines: Iterable[bytes], name: str, *, streaming: bool = False) -> None:
+    def scan_stream(self, stream: BinaryIO, name: str) -> None:
+        """Scan a stream (a pipe) a line at a time, each line read with a
+        bounded ``readline`` so that an endless line is skipped, not held."""
+        self.scan_lines(_bounded_lines(stream, self.max_line_bytes), name, streaming=True)
+
+    def scan_lines(self, lines: Iterable[bytes | None], name: str, *, streaming: bool = False) -> None:
         """Scan an iterable of lines, a chunk at a time (one line at a time
-        when ``streaming``)."""
+        when ``streaming``).  ``None`` stands for a line skipped as too long
+        while reading; a line longer than ``max_line_bytes`` is skipped too,
+        so that every way of reading skips the same lines."""
         self._begin_input()
         first = 1
-        for chunk in _chunks(lines, streaming):
-            first += self._scan_chunk(chunk, first, name)
+        for chunk in _chunks(lines, self.max_line_bytes, streaming):
+            if chunk is None:
+                self._too_long(name, first)
+                first += 1
+            else:
+                first += self._scan_chunk(chunk, first, name)
         self._end_input(name)
 
     def _begin_input(self) -> None:
@@ -247,6 +275,14 @@ class Scanner:
         if self.on_alert is not None:
             self.on_alert(alert)
 
+    def _too_long(self, name: str, lineno: int) -> None:
+        """Count and report a line skipped unread.  It is evidence neither
+        way of the input being audit data: a binary file is caught by its
+        other lines, and a log with one runaway line is still a log."""
+        self.stats.lines += 1
+        message = f"line longer than {self.max_line_bytes} bytes, skipped"
+        self._reject(name, lineno, DecodeError("too_large", message))
+
     def _reject(self, name: str, lineno: int, err: DecodeError) -> None:
         self.stats.rejected += 1
         self.stats.reject_reasons[err.reason] += 1
@@ -254,25 +290,86 @@ class Scanner:
             self.on_reject(name, lineno, str(err))
 
 
-def _blocks(stream: BinaryIO, size: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Whole lines, about ``size`` bytes at a time.  Every block ends with a
-    newline but the last one of an input whose last line has none."""
+def _blocks(
+    stream: BinaryIO, size: int = BLOCK_BYTES, max_line: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[bytes | None]:
+    """Whole lines, about ``size`` bytes at a time, and ``None`` in place of
+    each line longer than ``max_line`` (newline excluded).
+
+    Every block ends with a newline but the last one of an input whose last
+    line has none.  At most ``max_line`` bytes of an unfinished line are
+    held: past that, the line is skipped by reading on to its newline, so
+    what is held here stays under ``2 * (max_line + 2 * size)`` bytes
+    whatever the input.
+    """
     pending: list[bytes] = []  # the start of a line longer than what was read so far
+    held = 0  # bytes in ``pending``
+    skipping = False  # inside a line already known to be too long
     while data := stream.read(size):
         cut = data.rfind(b"\n") + 1
-        if not cut:
-            pending.append(data)
+        if not cut:  # still inside one line
+            if not skipping:
+                held += len(data)
+                skipping = held > max_line
+                if skipping:
+                    pending = []
+                else:
+                    pending.append(data)
             continue
-        if pending:
+        if skipping:
+            yield None
+            skipping = False
+            block = data[data.find(b"\n") + 1 : cut]
+        elif pending:
             pending.append(data[:cut])
-            yield b"".join(pending)
-            pending = []
+            block = b"".join(pending)
         else:
-            yield data if cut == len(data) else data[:cut]
-        if cut < len(data):
-            pending.append(data[cut:])
-    if pending:
+            block = data if cut == len(data) else data[:cut]
+        if len(block) > max_line:  # rare with the default limit: it is 4 blocks
+            yield from _without_long_lines(block, max_line)
+        elif block:
+            yield block
+        held = len(data) - cut
+        skipping = held > max_line
+        pending = [data[cut:]] if held and not skipping else []
+    if skipping:
+        yield None
+    elif pending:
         yield b"".join(pending)
+
+
+def _without_long_lines(block: bytes, max_line: int) -> Iterator[bytes | None]:
+    """``block`` cut into runs of lines of at most ``max_line`` bytes, with
+    ``None`` in place of each longer line."""
+    find = block.find
+    end = len(block)
+    kept = start = 0  # start of the run of short lines, of the current line
+    while start < end:
+        newline = find(b"\n", start)
+        stop = end if newline < 0 else newline
+        if stop - start > max_line:
+            if kept < start:
+                yield block[kept:start]
+            yield None
+            kept = stop + 1
+        start = stop + 1
+    if kept < end:
+        yield block[kept:]
+
+
+def _bounded_lines(stream: BinaryIO, max_line: int) -> Iterator[bytes | None]:
+    """The lines of ``stream``, each read as soon as it is complete, and
+    ``None`` in place of each line longer than ``max_line`` (newline
+    excluded), whose rest is read and dropped a block at a time."""
+    readline = stream.readline
+    limit = max_line + 1  # the longest line kept, with its newline
+    while line := readline(limit):
+        if len(line) == limit and line[-1] != 10:  # 10: b"\n"
+            while (rest := readline(BLOCK_BYTES)) and rest[-1] != 10:
+                pass
+            yield None
+        else:
+            yield line
 
 
 def _lines_at(block: bytes, indices: list[int]) -> list[bytes]:
@@ -295,17 +392,22 @@ def _lines_at(block: bytes, indices: list[int]) -> list[bytes]:
     return found
 
 
-def _chunks(lines: Iterable[bytes], streaming: bool = False) -> Iterator[list[bytes]]:
+def _chunks(
+    lines: Iterable[bytes | None], max_line: int, streaming: bool = False
+) -> Iterator[list[bytes] | None]:
     """Lists of lines: one line at a time when ``streaming`` (a pipe), so
-    alerts are not held back waiting for input."""
-    if streaming:
-        for line in lines:
-            yield [line]
-        return
+    alerts are not held back waiting for input.  A line that is ``None`` or
+    longer than ``max_line`` (newline excluded) comes alone, as ``None``."""
     chunk: list[bytes] = []
     for line in lines:
+        if line is None or (len(line) > max_line and len(line) - line.endswith(b"\n") > max_line):
+            if chunk:
+                yield chunk
+                chunk = []
+            yield None
+            continue
         chunk.append(line)
-        if len(chunk) >= 4096:
+        if streaming or len(chunk) >= 4096:
             yield chunk
             chunk = []
     if chunk:

@@ -13,9 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+#: What the test does with eventd's stdout: ``read`` it (alerts land in
+#: ``EventdProcess.alerts``), leave the pipe ``unread`` (it fills and stays
+#: full, like a consumer that hangs), or close its read end at once
+#: (``closed``: every write fails with EPIPE, like a consumer that died).
+StdoutMode = Literal["read", "unread", "closed"]
 
 
 def free_port() -> int:
@@ -25,9 +31,17 @@ def free_port() -> int:
 
 
 class EventdProcess:
-    """``eventd run --config`` in a subprocess; alerts read from its stdout."""
+    """``eventd run --config`` in a subprocess; alerts read from its stdout
+    (unless ``stdout`` says otherwise, see ``StdoutMode``)."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        stdout: StdoutMode = "read",
+    ) -> None:
         self.ops_port = free_port()
         config.setdefault("server", {"listen": f"127.0.0.1:{self.ops_port}"})
         config.setdefault("shutdown_grace_seconds", 10)
@@ -43,7 +57,11 @@ class EventdProcess:
         )
         self.alerts: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
-        self._reader.start()
+        if stdout == "read":
+            self._reader.start()
+        elif stdout == "closed":
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()  # the child keeps the write end: its writes get EPIPE
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
@@ -52,6 +70,16 @@ class EventdProcess:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.ops_port}{path}"
+
+    def ready_or_killed(self, timeout: float = 20.0) -> EventdProcess:
+        """``wait_ready``, killing the process if it never becomes ready (so a
+        failed start-up leaves nothing running); returns ``self``."""
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -97,7 +125,8 @@ class EventdProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
         self._stderr.close()
         return code
 
@@ -105,6 +134,8 @@ class EventdProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()  # an unread pipe: nobody else will close it
         self._stderr.close()
 
     def stderr(self) -> str:

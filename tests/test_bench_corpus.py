@@ -15,6 +15,7 @@ import pytest
 
 from bench.corpus import TRUSTED_REGISTRIES, generate, lines, write_corpus
 from bench.rulesets import big_registry_list, dump, generate_rules, registry_filter_rules
+from eventd.engine.loader import load_rules
 from eventd.events.timestamps import rfc3339_to_ns
 
 REQUIRED = ("auditID", "stage", "stageTimestamp", "verb", "user")
@@ -127,14 +128,6 @@ def test_big_registry_list() -> None:
     assert registries == big_registry_list(10_000)
 
 
-def _loader():  # type: ignore[no-untyped-def]
-    try:
-        from eventd.engine.loader import load_rules
-    except ImportError as err:  # the loader is written in parallel with this bench
-        pytest.skip(f"eventd.engine.loader cannot be imported yet: {err}")
-    return load_rules
-
-
 @pytest.mark.parametrize(
     ("name", "items"),
     [
@@ -146,7 +139,6 @@ def _loader():  # type: ignore[no-untyped-def]
     ],
 )
 def test_rule_files_load(tmp_path: Path, name: str, items: list[dict[str, Any]]) -> None:
-    load_rules = _loader()
     path = tmp_path / f"{name}.yaml"
     path.write_text(dump(items), encoding="utf-8")
     ruleset = load_rules([str(path)])
@@ -156,7 +148,6 @@ def test_rule_files_load(tmp_path: Path, name: str, items: list[dict[str, Any]])
 
 def test_generated_rules_match_the_corpus(tmp_path: Path) -> None:
     """The 10-rule set and the registry filter fire on part of the corpus, not on none or all."""
-    load_rules = _loader()
     from eventd.scanner import scan_paths
 
     corpus = tmp_path / "audit.jsonl"

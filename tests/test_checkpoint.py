@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import threading
 
+import orjson
 import pytest
 
 from eventd.sources.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointStore,
+    Unusable,
     fingerprint,
     load_checkpoint,
     write_checkpoint,
 )
+from tests.fsync_log import SyncLog
 
 HEAD = b'{"kind":"Event","auditID":"a-1"}\n'
 
@@ -75,8 +79,11 @@ def test_unusable_content_is_an_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
-    # The store logs it and behaves as if there were none.
-    assert CheckpointStore(path).load() is None
+    # The store reports it as unusable (not as a first start) and moves it
+    # aside, kept for a human and out of the way of the next save.
+    loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable) and loaded.reason == "invalid"
+    assert not path.exists() and loaded.moved_to is not None and loaded.moved_to.read_bytes() == content
 
 
 def test_same_content_compares_only_the_fingerprinted_start():
@@ -112,3 +119,119 @@ def test_concurrent_saves_leave_the_newest(tmp_path):
     # no temporary file is left behind.
     assert load_checkpoint(path) == make(40)
     assert os.listdir(tmp_path) == ["cp.json"]
+
+
+# ------------------------------------------------------------------ damage
+
+
+def test_a_changed_field_fails_the_crc(tmp_path):
+    """A flipped digit keeps the file valid JSON; only the CRC tells."""
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, make(100))
+    path.write_bytes(path.read_bytes().replace(b'"offset":100', b'"offset":190'))
+    with pytest.raises(CheckpointError, match="CRC"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_without_crc_from_an_older_version_is_accepted(tmp_path):
+    path = tmp_path / "cp.json"
+    fields = dataclasses.asdict(make(100))
+    path.write_bytes(orjson.dumps({"version": 1, **fields}))
+    assert load_checkpoint(path) == make(100)
+    # ...but not with a key we do not know (the CRC's name, damaged, would be one).
+    path.write_bytes(orjson.dumps({"version": 1, **fields, "crc3Z": 5}))
+    with pytest.raises(CheckpointError, match="unknown"):
+        load_checkpoint(path)
+
+
+def test_a_directory_is_unusable_moved_aside_and_the_next_save_works(tmp_path):
+    path = tmp_path / "cp.json"
+    path.mkdir()
+    (path / "inside").write_bytes(b"{}")
+    (tmp_path / "cp.json.tmp").mkdir()  # would make every save fail
+    store = CheckpointStore(path)
+    loaded = store.load()
+    assert isinstance(loaded, Unusable) and loaded.reason == "unreadable"
+    assert loaded.moved_to == tmp_path / "cp.json.unusable" and (loaded.moved_to / "inside").exists()
+    assert store.save(make(300), seq=1)
+    assert load_checkpoint(path) == make(300)
+    assert CheckpointStore(path).load() == make(300)
+
+
+def test_missing_checkpoint_is_a_first_start_not_unusable(tmp_path):
+    assert CheckpointStore(tmp_path / "cp.json").load() is None
+
+
+# -------------------------------------------------------------- durability
+
+
+def test_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """A machine crash right after the rename must find the new content: the
+    temporary file is fsynced before the rename, the directory after it."""
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, make(100))
+    log = SyncLog(monkeypatch)
+    assert CheckpointStore(path).save(make(200), seq=1)
+    tmp = tmp_path / "cp.json.tmp"
+    assert log.index("sync", tmp) < log.index("rename", path) < log.index("sync", tmp_path)
+    assert load_checkpoint(path) == make(200)
+
+
+# ------------------------------------------------------------ edges (issue 17)
+
+
+def test_zero_offset_and_empty_fingerprint_are_valid(tmp_path):
+    """A file checkpointed before its first line: offset 0, nothing fingerprinted."""
+    path = tmp_path / "cp.json"
+    start = make(offset=0, fingerprint=fingerprint(b""), fingerprint_bytes=0)
+    write_checkpoint(path, start)
+    assert load_checkpoint(path) == start
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, 0), (0, -1)])
+def test_negative_offset_or_fingerprint_length_is_an_error_naming_the_file(tmp_path, offset, length):
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, make(offset=offset, fingerprint_bytes=length))
+    with pytest.raises(CheckpointError, match="negative") as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"not json", "not JSON"), (b'{"version":99}', "not a version"), (b'{"version":1,"path":"x"}', "device")],
+)
+def test_errors_name_the_file_and_what_is_wrong(tmp_path, content, words):
+    path = tmp_path / "cp.json"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+    loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable) and loaded.error == str(err.value)
+
+
+def test_a_save_at_the_same_sequence_is_not_newer(tmp_path):
+    path = tmp_path / "cp.json"
+    store = CheckpointStore(path)
+    assert store.save(make(300), seq=3)
+    assert not store.save(make(350), seq=3)
+    assert load_checkpoint(path) == make(300)
+
+
+def test_a_loaded_checkpoint_is_not_written_again_unchanged(tmp_path, monkeypatch):
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, make(300))
+    store = CheckpointStore(path)
+    assert store.load() == make(300)
+    syncs = SyncLog(monkeypatch)
+    assert not store.save(make(300), seq=1)  # what is on disk already
+    assert syncs.events == []
+    assert store.save(make(301), seq=2)
+
+
+def test_the_first_save_creates_private_parent_directories(tmp_path):
+    path = tmp_path / "a" / "b" / "cp.json"
+    assert CheckpointStore(path).save(make(), seq=1)
+    assert load_checkpoint(path) == make()
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700

@@ -202,7 +202,9 @@ def _ex(yaml_text: str) -> list[ExceptionDef]:
     return [validate(e, default_registry().fieldset("k8s_audit")) for e in exs]
 
 
-def test_expansion_text_matches_falco_layout() -> None:
+def test_expansion_parses_to_the_hand_written_condition() -> None:
+    """Compared as parsed trees: the layout of the text (Falco's extra spaces)
+    is not the contract, the condition it means is."""
     exs = _ex(
         """
         exceptions:
@@ -215,8 +217,27 @@ def test_expansion_text_matches_falco_layout() -> None:
             values: [/x, "/y z"]
         """
     )
-    assert expand_condition("c", exs) == (
-        '(c) and not (( ka.user.name = "a b" and  ka.verb in (get))) and not (ka.uri in (/x, "/y z"))'
+    assert parse_condition(expand_condition("ka.verb=create", exs)) == expected(
+        '(ka.verb=create) and not ((ka.user.name = "a b" and ka.verb in (get)))'
+        ' and not (ka.uri in (/x, "/y z"))'
+    )
+
+
+@pytest.mark.parametrize("value", ["(get, list)", "get, list"])
+def test_a_list_value_in_parentheses_is_not_wrapped_again(value: str) -> None:
+    """A row value for a list operator may be written with or without its
+    parentheses; both mean the list ``(get, list)``."""
+    exs = _ex(
+        f"""
+        exceptions:
+          - name: e
+            fields: [ka.verb]
+            comps: [in]
+            values: [["{value}"]]
+        """
+    )
+    assert parse_condition(expand_condition("ka.verb=create", exs)) == expected(
+        "(ka.verb=create) and not ((ka.verb in (get, list)))"
     )
 
 

@@ -24,7 +24,7 @@ from eventd.engine.priority import Priority
 from eventd.events.errors import DecodeError
 from eventd.events.falco_json import falco_alert_event
 from eventd.events.model import K8S_AUDIT, SOURCES, Event
-from eventd.image_metrics import INVALID, ImagePullCounter
+from eventd.image_metrics import INVALID
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline
 from eventd.rulepacks import builtin_rule_files
@@ -37,11 +37,19 @@ TRUSTED = ("myregistry.io", "gcr.io/my-project", "docker.io/library")
 SOURCE_NAMES = ("k8s_audit_webhook", "falco_http")
 SINK_NAMES = ("stdout", "kafka")
 #: Every label name a metric may have, and nothing taken from an event's identity.
-ALLOWED_LABELS = {"source", "reason", "result", "rule", "priority", "sink", "registry", "trust", "version"}
+ALLOWED_LABELS = {
+    *("source", "reason", "result", "rule", "priority", "sink", "registry", "trust", "version"),
+    "listener",
+}
+#: The listeners' names: the ops server and the HTTP inputs.
+LISTENER_NAMES = ("server", *SOURCE_NAMES)
 
 
 class _Recorder(Sink):
-    """Keeps the alerts, to learn their uuids."""
+    """Keeps the alerts, to learn their uuids (named like a real sink: its
+    lane's metrics carry the name)."""
+
+    name = "stdout"
 
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
@@ -76,12 +84,11 @@ def exercised() -> dict[str, Any]:
     ruleset = load_rules(builtin_rule_files())
     matcher = Matcher(ruleset, rule_matching="all")
     sink = _Recorder()
-    pipeline = Pipeline(matcher, [sink], metrics, hostname="eventd-0", cluster="prod")
+    pipeline = Pipeline(
+        matcher, [sink], metrics, hostname="eventd-0", cluster="prod", trusted_registries=TRUSTED
+    )
     pipeline.swap_matcher(matcher)
-    pulls = ImagePullCounter(metrics, TRUSTED)
-    audit, falco = _events()
-    for event in audit:
-        pulls.observe(event)  # what the pipeline hook does
+    audit, falco = _events()  # the pipeline counts their image pulls
     batches = [
         Batch(audit[:700], SOURCE_NAMES[0]),
         Batch(audit[700:], SOURCE_NAMES[0]),
@@ -95,6 +102,7 @@ def exercised() -> dict[str, Any]:
         metrics.source_reconnects.labels(source).inc()
         metrics.source_up.labels(source).set(1)
         metrics.source_possible_loss.labels(source, "truncated").inc()
+        metrics.checkpoint_unusable.labels(source, "invalid").inc()
     metrics.rule_reloads.labels("ok").inc()
     metrics.rule_reloads.labels("refused").inc()
     for name in SINK_NAMES:
@@ -107,6 +115,11 @@ def exercised() -> dict[str, Any]:
         metrics.spool_bytes.labels(name).set(4096)
         metrics.spool_alerts.labels(name).set(3)
         metrics.spool_capacity_bytes.labels(name).set(1 << 20)
+    for listener in LISTENER_NAMES:  # what eventd.httpserver counts
+        metrics.listener_connections.labels(listener).set(1)
+        metrics.listener_closed.labels(listener, "header_timeout").inc()
+        metrics.tls_handshake_failures.labels(listener, "no_certificate").inc()
+        metrics.listener_accept_errors.labels(listener, "EMFILE").inc()
     return {
         "metrics": metrics,
         "text": metrics.exposition().decode(),
@@ -172,6 +185,7 @@ def test_label_values_are_fixed_names(exercised: dict[str, Any]) -> None:
     assert values["sink"] == set(SINK_NAMES)
     assert values["trust"] == {"trusted", "untrusted"}
     assert values["result"] == {"ok", "refused"}
+    assert values["listener"] == set(LISTENER_NAMES)
     # capped: CAP registries from events, then the overflow and invalid buckets
     assert len(values["registry"] - {"other", INVALID}) == CAP
     assert {"other", INVALID} <= values["registry"]

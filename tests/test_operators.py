@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from re2 import _re2
 
 from eventd.engine.errors import RuleError
 from eventd.engine.operators import (
     cached_predicate,
-    glob_to_regex,
+    compile_regex,
     make_predicate,
     parse_number,
     pmatch_predicate,
@@ -154,13 +156,16 @@ def test_byte_operators_reject_invalid_hex(op, rhs):
 
 
 # -- globs and regexes --------------------------------------------------------------
+# Globs follow glibc's fnmatch(3) as libsinsp calls it (sinsp_utils::glob_match,
+# flags 0 or FNM_CASEFOLD); tests/test_glob.py holds the finer cases and the
+# differential test against the C library.
 
 
 @pytest.mark.parametrize(
     ("pattern", "value", "expected"),
     [
         ("*", "", True),
-        ("*", "a/b/c", True),  # * crosses "/"
+        ("*", "a/b/c", True),  # * crosses "/" (no FNM_PATHNAME)
         ("/etc/*", "/etc/passwd", True),
         ("/etc/*", "/etcx", False),
         ("a?c", "abc", True),
@@ -176,6 +181,13 @@ def test_byte_operators_reject_invalid_hex(op, rhs):
         ("a[", "a[", True),
         (r"\*", "*", True),
         (r"\*", "x", False),
+        (r"[\]]", "]", True),  # a backslash escapes inside brackets too
+        (r"[\]]", "\\", False),
+        ("a\\", "a\\", False),  # a trailing lone backslash matches nothing
+        ("[z-a]", "m", False),  # a reversed range is empty, not an error
+        ("[[:digit:]]*", "7up", True),
+        ("[[:digit:]]*", "up", False),
+        ("[[:nope:]]", "a", False),  # an unknown class matches nothing
         ("a.c", "abc", False),  # regex characters are literal
         ("a+", "aa", False),
         ("abc", "xabcx", False),  # whole value
@@ -193,9 +205,14 @@ def test_iglob_ignores_case():
     assert not holds("glob", "ABC*", "abcdef")
 
 
-def test_glob_with_reversed_range_is_a_compile_error():
-    with pytest.raises(RuleError, match="invalid glob"):
-        make_predicate("glob", "[z-a]")
+def test_iglob_folds_ascii_only_as_in_the_c_locale():
+    assert holds("iglob", "*NGINX*", "docker.io/library/nginx:1")
+    assert not holds("iglob", "É", "é")
+
+
+def test_glob_on_typed_values_uses_their_text():
+    assert holds("glob", "1*", 12)
+    assert holds("iglob", "T*", True)
 
 
 @given(
@@ -204,35 +221,76 @@ def test_glob_with_reversed_range_is_a_compile_error():
 )
 @settings(max_examples=300, deadline=None)
 def test_glob_agrees_with_fnmatch_where_both_define_it(pattern, value):
-    # Without backslashes and "^" Python's fnmatch and eventd's glob share
-    # their rules, so they must agree everywhere.
+    # Without backslashes, "^", "-" and classes Python's fnmatch and the C
+    # library share their rules, so a plain translation is a reference.
     assert holds("glob", pattern, value) is fnmatch.fnmatchcase(value, pattern)
-
-
-def test_glob_to_regex_escapes_regex_syntax():
-    assert glob_to_regex("a.b(c)") == r"a\.b\(c\)"
 
 
 @pytest.mark.parametrize(
     ("pattern", "value", "expected"),
     [
         ("a.*", "abc", True),
-        ("b", "abc", False),  # whole value, not a search
+        ("b", "abc", False),  # whole value, not a search (ANCHOR_BOTH)
         ("ab", "abc", False),
         ("abc$", "abc\n", False),  # no "$ before a trailing newline" loophole
         ("[0-9]+", "123", True),
         ("(get|list)", "list", True),
         ("(get|list)", "watch", False),
         ("1.", 12, True),
+        ("[[:digit:]]+", "123", True),  # POSIX classes
+        ("[[:alpha:]][[:alnum:]_-]*", "kube-proxy_1", True),
+        ("[[:upper:]]+", "abc", False),
+        ("[[:space:]]", "\t", True),
+        ("a.c", "a\nc", False),  # "." does not match a newline
+        ("a{2,3}", "aaa", True),
+        ("(a+)+b", "a" * 5000, False),
+        ("é.", "éx", True),  # UTF-8: "." is one character
     ],
 )
 def test_regex_matches_the_whole_value(pattern, value, expected):
     assert holds("regex", pattern, value) is expected
 
 
-def test_invalid_regex_is_a_compile_error():
-    with pytest.raises(RuleError, match="invalid regular expression"):
-        make_predicate("regex", "(")
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(", "missing )"),
+        (r"\d+", "invalid escape sequence"),  # Perl classes are not POSIX syntax
+        (r"\w", "invalid escape sequence"),
+        (r"\bword", "invalid escape sequence"),
+        ("(?i)admin", "repetition operator"),  # no Perl flags either
+        ("a(?=b)", "repetition operator"),  # nor lookaround
+        (r"(a)\1", "invalid escape sequence"),  # nor backreferences
+        ("[[:foo:]]", "invalid character class range"),
+        ("a{1001}", "invalid repetition size"),  # RE2's repeat limit
+        ("[z-a]", "invalid character class range"),
+    ],
+)
+def test_regexes_re2_refuses_are_compile_errors(pattern, reason):
+    with pytest.raises(RuleError, match="invalid regular expression") as info:
+        make_predicate("regex", pattern)
+    assert reason in info.value.message
+    assert "RE2, POSIX syntax" in info.value.message
+
+
+def test_regex_operands_are_compiled_by_re2_once():
+    compiled = compile_regex("[[:digit:]]+")
+    assert isinstance(compiled, _re2.RE2)
+    assert compiled.options().posix_syntax and compiled.options().longest_match
+
+
+def test_regex_on_a_lone_surrogate_sees_a_replacement_character():
+    # JSON may carry "\ud800"; libsinsp matches invalid UTF-8 as U+FFFD.
+    assert holds("regex", "a.b", "a\ud800b")
+    assert not holds("regex", "a..b", "a\ud800b")
+
+
+@given(value=st.text(alphabet="ab1-_.:/\n", max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_re2_agrees_with_python_re_on_shared_syntax(value):
+    for pattern in ["[ab]+", "a.*b", "[0-9a-f]+", "(ab|a)*:?", "[^/]+/[^/]+", ".*"]:
+        expected = re.fullmatch(pattern, value) is not None
+        assert holds("regex", pattern, value) is expected, pattern
 
 
 # -- sets and path prefixes -----------------------------------------------------------
@@ -266,7 +324,13 @@ def test_intersects_on_a_scalar_is_in():
         (("/etc/",), "/etc/passwd", True),  # trailing "/" ignored
         (("/etc/",), "/etc", True),
         (("/",), "/anything", True),
-        (("/",), "relative", False),
+        (("/",), "relative", True),  # "/" has no segment: it covers everything
+        (("/etc",), "etc/passwd", True),  # empty segments are dropped, so is the leading "/"
+        (("/etc",), "//etc///passwd", True),
+        (("/opt/*",), "/opt/app/bin", True),  # glob segments (filter_op_pmatch.ut.cpp)
+        (("/opt/*",), "/opt", False),
+        (("/opt/*/bin",), "/opt/app/lib", False),
+        (("/opt/a*",), "/opt/x/app", False),  # "*" stays within its segment
         (("myregistry.io",), "myregistry.io/x", True),
         (("myregistry.io",), "myregistry.io", True),
         (("myregistry.io",), "myregistry.io.evil.com/x", False),
@@ -297,9 +361,10 @@ def test_path_prefix_set_with_ten_thousand_entries():
 
 
 def _reference_pmatch(entries: list[str], value: str) -> bool:
+    parts = [p for p in value.split("/") if p]
     for entry in entries:
-        base = entry.rstrip("/")
-        if value == base or value.startswith(base + "/"):
+        wanted = [p for p in entry.split("/") if p]
+        if parts[: len(wanted)] == wanted:
             return True
     return False
 

@@ -76,6 +76,19 @@ def test_transformers_and_arguments() -> None:
     assert fields == {"toupper(t.str)": "AB", "tolower(t.key[Mode])": "ro", "len(t.list)": 2}
 
 
+@pytest.mark.parametrize("arg", ['"Mode"', "'Mode'", "Mode"])
+def test_a_quoted_argument_is_the_key_without_its_quotes(arg: str) -> None:
+    """Falco accepts ``%field["key"]`` and ``%field['key']`` for ``%field[key]``."""
+    text, fields = render(f"%t.key[{arg}]!", m={arg: "quoted", "Mode": "RO"})
+    assert text == "RO!"
+    assert fields == {f"t.key[{arg}]": "RO"}
+
+
+@pytest.mark.parametrize("arg", ['"', "\"Mode'", "'Mode"])
+def test_unbalanced_quotes_are_part_of_the_key(arg: str) -> None:
+    assert render(f"%t.key[{arg}]", m={"Mode": "RO", arg: "as written"})[0] == "as written"
+
+
 def test_field_name_is_longest_known_prefix() -> None:
     assert render("%t.strlong|%t.str/%t.strX", s="a", long="b")[0] == "b|a/aX"
     assert render("%t.str.", s="a")[0] == "a."

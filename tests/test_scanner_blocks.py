@@ -3,8 +3,10 @@
 ``Scanner.scan_file`` reads blocks, lets ``Prefilter.select_block`` judge
 each one whole, and falls back to line-by-line scanning for the blocks it
 refuses.  The differential tests compare its alerts, rejected lines and
-counters with line-by-line scanning (prefilter on) and with decoding every
-line (prefilter off).
+counters with line-by-line scanning (prefilter on), with a stream read a
+bounded line at a time (a pipe) and with decoding every line (prefilter
+off); with a small ``max_line_bytes``, every way skips and reports the same
+too-long lines.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from hypothesis import strategies as st
 
 from eventd.engine.loader import load_rules
 from eventd.rulepacks import builtin_rule_files
-from eventd.scanner import BLOCK_MISSES_BEFORE_LINES, NotAuditData, Scanner, _blocks, _lines_at
+from eventd.scanner import (
+    BLOCK_MISSES_BEFORE_LINES,
+    DEFAULT_MAX_LINE_BYTES,
+    NotAuditData,
+    Scanner,
+    _blocks,
+    _bounded_lines,
+    _lines_at,
+)
 from tests.builders import audit_event, deployment, falco_alert, lease_renewal, pod
 from tests.test_header import ODD_LINES, builder_lines
 
@@ -48,6 +58,36 @@ def test_a_line_longer_than_a_block_stays_whole() -> None:
     assert list(_blocks(io.BytesIO(b"a\n" + long + b"\nb"), 64)) == [b"a\n", long + b"\n", b"b"]
 
 
+def _expected_lines(data: bytes, max_line: int) -> list[bytes | None]:
+    """The lines of ``data``, newline kept, ``None`` for those longer than
+    ``max_line`` (newline excluded): what every reader must give."""
+    *whole, last = data.split(b"\n")
+    lines = [line + b"\n" for line in whole] + ([last] if last else [])
+    return [None if len(line.rstrip(b"\n")) > max_line else line for line in lines]
+
+
+_long_line_data = st.lists(
+    st.sampled_from([b"a", b"bc", b"\n", b"{}", b"\r\n", b"x" * 50, b"\0" * 7]), max_size=60
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=_long_line_data, size=st.integers(1, 64), max_line=st.integers(1, 60))
+def test_blocks_skip_exactly_the_long_lines_and_stay_small(data: bytes, size: int, max_line: int) -> None:
+    """``_blocks`` gives the short lines in blocks and ``None`` per long line,
+    and no block is longer than a held line plus one read."""
+    items = list(_blocks(io.BytesIO(data), size, max_line))
+    lines = [line for item in items for line in ([None] if item is None else io.BytesIO(item).readlines())]
+    assert lines == _expected_lines(data, max_line)
+    assert all(len(item) <= max_line + size for item in items if item is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=_long_line_data, max_line=st.integers(1, 60))
+def test_bounded_lines_skip_exactly_the_long_lines(data: bytes, max_line: int) -> None:
+    assert list(_bounded_lines(io.BytesIO(data), max_line)) == _expected_lines(data, max_line)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=40),
@@ -62,7 +102,9 @@ def test_lines_at_finds_the_lines_asked_for(lines: list[bytes], data: st.DataObj
 # ------------------------------------------------------------- differential
 
 
-def _run(data: bytes, how: str, ruleset=BUILTIN, block_size: int = 512) -> dict[str, Any]:
+def _run(
+    data: bytes, how: str, ruleset=BUILTIN, block_size: int = 512, max_line: int = DEFAULT_MAX_LINE_BYTES
+) -> dict[str, Any]:
     """Scan ``data`` one way; return everything a user could see."""
     alerts: list[bytes] = []
     rejects: list[tuple[int, str]] = []
@@ -72,11 +114,14 @@ def _run(data: bytes, how: str, ruleset=BUILTIN, block_size: int = 512) -> dict[
         on_reject=lambda _name, lineno, message: rejects.append((lineno, message)),
         prefilter=how != "no-prefilter",
         rule_matching="all",
+        max_line_bytes=max_line,
     )
     verdict = "audit data"
     try:
         if how == "blocks":
             scanner.scan_file(io.BytesIO(data), "test", block_size=block_size)
+        elif how == "stream":
+            scanner.scan_stream(io.BytesIO(data), "test")
         else:
             scanner.scan_lines(io.BytesIO(data), "test")
     except NotAuditData as err:
@@ -91,14 +136,18 @@ def _run(data: bytes, how: str, ruleset=BUILTIN, block_size: int = 512) -> dict[
     }
 
 
-def _same_as_lines(data: bytes, block_size: int = 512) -> dict[str, Any]:
-    blocks, lines, full = (
-        _run(data, how, block_size=block_size) for how in ("blocks", "lines", "no-prefilter")
+def _same_as_lines(
+    data: bytes, block_size: int = 512, max_line: int = DEFAULT_MAX_LINE_BYTES
+) -> dict[str, Any]:
+    blocks, lines, stream, full = (
+        _run(data, how, block_size=block_size, max_line=max_line)
+        for how in ("blocks", "lines", "stream", "no-prefilter")
     )
     if blocks["verdict"] != "audit data":  # gave up: how far each got in counting does not matter
-        for result in (blocks, lines):
+        for result in (blocks, lines, stream):
             del result["counts"], result["skipped"]
     assert blocks == lines
+    assert stream == lines
     assert blocks["alerts"] == full["alerts"]
     return blocks
 
@@ -115,6 +164,36 @@ def test_block_scan_is_the_line_scan(lines: list[bytes], odd, block_size: int, l
         lines.insert(min(at, len(lines)), ODD_LINES[kind])
     data = b"\n".join(lines) + (b"\n" if last_newline else b"")
     _same_as_lines(data, block_size)
+
+
+@SETTINGS
+@given(
+    lines=st.lists(builder_lines(), min_size=1, max_size=30),
+    long=st.lists(
+        st.tuples(st.sampled_from([b"x", b"\0", b" ", b"{"]), st.integers(1, 5000), st.integers(0, 30)),
+        max_size=3,
+    ),
+    block_size=st.sampled_from([1, 300, 2000, 1 << 16]),
+    last_newline=st.booleans(),
+    data=st.data(),
+)
+def test_every_scan_skips_and_reports_the_same_long_lines(
+    lines: list[bytes], long, block_size: int, last_newline: bool, data: st.DataObject
+) -> None:
+    """Audit lines are 400 to 1,800 bytes: a limit drawn in that range (or
+    at a line's exact length) cuts some of them, alerting ones included, and
+    runs of filler bytes add lines far past it."""
+    for fill, count, at in long:
+        lines.insert(min(at, len(lines)), fill * count)
+    near = sorted({len(line) + d for line in lines for d in (-1, 0, 1)} - {0})
+    max_line = data.draw(st.one_of(st.integers(1, 2000), st.sampled_from(near)), label="max_line")
+    result = _same_as_lines(b"\n".join(lines) + (b"\n" if last_newline else b""), block_size, max_line)
+    too_long = [lineno for lineno, message in result["rejects"] if "longer than" in message]
+    expected = [i + 1 for i, line in enumerate(lines) if len(line) > max_line]
+    if result["verdict"] == "audit data":
+        assert too_long == expected
+    else:  # the scan gave up on the input part way
+        assert too_long == expected[: len(too_long)]
 
 
 def _untrusted(name: str) -> dict[str, Any]:

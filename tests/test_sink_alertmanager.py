@@ -89,8 +89,7 @@ async def test_queued_alerts_are_batched_with_bearer_token(tmp_path: Path) -> No
         config = AlertmanagerSinkConfig(url=receiver.url + "/am/", token_file=tmp_path / "token")
         metrics = Metrics()
         sink = AlertmanagerSink(config, metrics)
-        for i in range(5):
-            await sink.send(sample_alert(f"rule {i}"))
+        await sink.send_many([sample_alert(f"rule {i}") for i in range(5)])
         await sink.close()
     (req,) = receiver.requests
     assert req.path == "/am/api/v2/alerts"

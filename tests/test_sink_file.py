@@ -14,6 +14,7 @@ from eventd.config import FileSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.file import FileSink
 from tests.http_receiver import sample_alert
+from tests.waiting import wait_until
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -78,6 +79,7 @@ async def test_reopen_starts_the_new_file_at_once(tmp_path: Path) -> None:
     await sink.send(sample_alert("one"))
     path.rename(tmp_path / "old")
     sink.reopen()  # SIGHUP / postrotate
+    await sink.flush()  # the reopen runs on the writer thread
     assert path.exists() and path.read_bytes() == b""
     assert len(lines(tmp_path / "old")) == 1
     await sink.close()
@@ -99,16 +101,39 @@ async def test_copytruncate_leaves_no_hole(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_write_errors_are_counted_and_make_the_sink_unhealthy(tmp_path: Path) -> None:
+async def test_a_failing_write_blocks_and_is_retried_never_dropped(tmp_path: Path) -> None:
+    """Durable: a write the disk refuses is retried until it succeeds; meanwhile
+    the sink is neither healthy nor accepting (``/readyz``), and nothing is
+    dropped or written twice."""
     if not os.path.exists("/dev/full"):
         pytest.skip("/dev/full is needed to make writes fail")
     metrics = Metrics()
     sink = FileSink(FileSinkConfig(path=Path("/dev/full")), metrics)
-    await sink.send(sample_alert())
-    await sink.send(sample_alert())
-    await sink.flush()
-    assert not sink.healthy()
-    assert value(metrics, "eventd_sink_failures_total", reason="io_error") == 1
-    assert value(metrics, "eventd_sink_dropped_total", reason="io_error") == 2
+    sending = asyncio.create_task(sink.send(sample_alert()))
+    await wait_until(lambda: value(metrics, "eventd_sink_failures_total", reason="disk_full") >= 2)
+    assert not sending.done()
+    assert not sink.healthy() and not sink.accepting()
+    assert value(metrics, "eventd_sink_dropped_total", reason="io_error") == 0
     assert value(metrics, "eventd_sink_deliveries_total") == 0
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+    await sink.close()
+
+
+@pytest.mark.asyncio
+async def test_the_blocked_write_completes_once_the_path_is_usable_again(tmp_path: Path) -> None:
+    blocker = tmp_path / "logs"
+    blocker.write_text("a file where the alert directory should be")
+    path = blocker / "alerts.jsonl"
+    metrics = Metrics()
+    sink = FileSink(FileSinkConfig(path=path), metrics)
+    alert = sample_alert()
+    sending = asyncio.create_task(sink.send(alert))
+    await wait_until(lambda: value(metrics, "eventd_sink_failures_total", reason="io_error") >= 1)
+    assert not sink.accepting()
+    blocker.unlink()
+    await asyncio.wait_for(sending, 30)
+    assert sink.accepting() and sink.healthy()
+    assert path.read_bytes() == alert.to_json() + b"\n"
+    assert value(metrics, "eventd_sink_deliveries_total") == 1
     await sink.close()

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from eventd.metrics import Metrics
 from eventd.sinks.kafka import KafkaSink
 from eventd.sinks.spool import HEADER_SIZE
 from tests.kafka_broker import KafkaBroker, free_port, unique_name
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 _UUIDS = uuid.UUID("0b6a4f0e-8f0c-4a57-9d55-2f4f3c1d9e21")
@@ -91,13 +92,6 @@ async def running(sink: KafkaSink) -> AsyncIterator[KafkaSink]:
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {"sink": "kafka", **labels}) or 0
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -346,7 +340,9 @@ _SINK_SCRIPT = textwrap.dedent(
 
     async def main():
         metrics = Metrics()
-        sink = make_sink(config(bootstrap, Path(spool_dir), topic=topic), metrics, unhealthy_after=3600)
+        policy = "drop_oldest" if mode == "disk_full_drop" else "block"
+        cfg = config(bootstrap, Path(spool_dir), topic=topic, spool_full_policy=policy)
+        sink = make_sink(cfg, metrics, unhealthy_after=3600)
         await sink.start()
         if mode == "pile":  # no broker: everything stays in the spool
             for i in range(40):
@@ -368,6 +364,7 @@ _SINK_SCRIPT = textwrap.dedent(
         await sink.flush()
         result = {
             "disk_full": sample(metrics, "eventd_sink_dropped_total", reason="disk_full"),
+            "blocked": sample(metrics, "eventd_sink_failures_total", reason="disk_full"),
             "deliveries": sample(metrics, "eventd_sink_deliveries_total"),
             "healthy": [healthy_while_full, sink.healthy()],
         }
@@ -419,20 +416,37 @@ async def test_kill_9_then_the_spool_drains_on_the_next_start(
 
 
 @pytest.mark.asyncio
-async def test_disk_full_drops_counted_and_the_sink_recovers(
-    kafka_broker: KafkaBroker, tmp_path: Path
-) -> None:
-    """A file-size limit in the sink's process makes spool writes fail like ENOSPC."""
+async def test_disk_full_blocks_then_stores_everything(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    """The default ``block`` policy: a file-size limit in the sink's process
+    makes spool writes fail like ENOSPC; the append waits instead of dropping,
+    the spool seals the full segment (everything in it is acknowledged) and
+    the retry lands in a new one: all 15 alerts are delivered, in order."""
     topic = unique_name("alerts")
     kafka_broker.create_topic(topic)
     proc = run_sink_script("disk_full", kafka_broker.bootstrap, tmp_path, topic)
     out, _ = await asyncio.wait_for(asyncio.to_thread(proc.communicate), 60)
     assert proc.returncode == 0
     result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"disk_full": 0, "blocked": 1, "deliveries": 15, "healthy": [True, True]}
+    messages = read_messages(kafka_broker.bootstrap, topic, 15)
+    assert [m.uuid for m in messages] == [make_alert(i).uuid for i in range(15)]
+
+
+@pytest.mark.asyncio
+async def test_disk_full_drops_counted_and_the_sink_recovers(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """``spool_full_policy: drop_oldest``: dropping is an explicit choice, counted."""
+    topic = unique_name("alerts")
+    kafka_broker.create_topic(topic)
+    proc = run_sink_script("disk_full_drop", kafka_broker.bootstrap, tmp_path, topic)
+    out, _ = await asyncio.wait_for(asyncio.to_thread(proc.communicate), 60)
+    assert proc.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
     # Alert 5 hits the limit and is dropped; the spool then holds nothing
     # unacknowledged, so it seals the full segment and starts a new file,
     # which gives the space back: alerts 6 to 14 are stored and delivered.
-    assert result == {"disk_full": 1, "deliveries": 14, "healthy": [True, True]}
+    assert result == {"disk_full": 1, "blocked": 0, "deliveries": 14, "healthy": [True, True]}
     messages = read_messages(kafka_broker.bootstrap, topic, 14)
     assert [m.uuid for m in messages] == [make_alert(i).uuid for i in (*range(5), *range(6, 15))]
 

@@ -206,6 +206,46 @@ async def test_after_the_window_the_alert_is_sent_again() -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_window_ends_at_its_end_instant() -> None:
+    """``window_seconds`` after the first alert the window is over: an
+    identical alert at exactly that instant is sent again, one just before
+    it is a repeat."""
+    sink, inner, metrics, clock = policy(DEDUP)
+    await sink.send(sample_alert())
+    clock.now = 1000.0 + 299.999
+    await sink.send(sample_alert())
+    assert len(inner.alerts) == 1 and filtered(metrics, "duplicate") == 1
+    clock.now = 1000.0 + 300
+    await sink.send(sample_alert())
+    assert [a.context.get("repeat_count") for a in inner.alerts] == [None, 1, None]
+
+
+@pytest.mark.asyncio
+async def test_flush_closes_a_window_at_its_end_instant() -> None:
+    sink, inner, _, clock = policy(DEDUP)
+    await sink.send(sample_alert())
+    await sink.send(sample_alert())
+    clock.now = 1000.0 + 299.999
+    await sink.flush()
+    assert len(inner.alerts) == 1
+    clock.now = 1000.0 + 300
+    await sink.flush()
+    assert [a.context.get("repeat_count") for a in inner.alerts] == [None, 1]
+
+
+@pytest.mark.asyncio
+async def test_alerts_of_another_source_are_not_merged() -> None:
+    """A Falco alert and an audit alert of the same rule name and context are
+    different alerts: the key includes the alert's source."""
+    sink, inner, metrics, _ = policy(DEDUP)
+    await sink.send(sample_alert(source="k8s_audit"))
+    await sink.send(sample_alert(source="syscall"))
+    await sink.send(sample_alert(source="k8s_audit"))
+    assert [a.source for a in inner.alerts] == ["k8s_audit", "syscall"]
+    assert filtered(metrics, "duplicate") == 1
+
+
+@pytest.mark.asyncio
 async def test_no_summary_when_disabled() -> None:
     sink, inner, metrics, clock = policy(SinkConfig(dedup=DedupConfig(summary=False)))
     for _ in range(3):
@@ -237,7 +277,7 @@ async def test_close_sends_pending_summaries_before_closing_the_inner_sink() -> 
 
 @pytest.mark.asyncio
 async def test_open_windows_are_capped_and_the_oldest_summarised() -> None:
-    sink, inner, _, _ = policy(DEDUP, max_windows=3)
+    sink, inner, _, _ = policy(SinkConfig(dedup=DedupConfig(window_seconds=300, max_windows=3)))
     await sink.send(sample_alert(namespace="ns-0"))
     await sink.send(sample_alert(namespace="ns-0"))
     for i in range(1, 50):
@@ -303,3 +343,106 @@ def test_within_one_window_each_key_is_sent_once_and_repeats_are_summarised(keys
     }
     assert sorted(firsts) == sorted(seen)
     assert summaries == {k: n - 1 for k, n in seen.items() if n > 1}
+
+
+# ------------------------------------------------------- batches and bounds
+
+
+class BatchRecorder(Recorder):
+    """Records ``send_many`` calls, each as one list, and says durable."""
+
+    durable = True
+    concurrency = 3
+    max_call = 7
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Alert]] = []
+
+    async def send_many(self, alerts) -> None:  # type: ignore[no-untyped-def]
+        self.batches.append(list(alerts))
+
+
+@pytest.mark.asyncio
+async def test_send_many_filters_and_dedups_in_order_and_skips_empty_batches() -> None:
+    inner, metrics, clock = BatchRecorder(), Metrics(), Clock()
+    sink = PolicySink(
+        inner, SinkConfig(min_priority="warning", dedup=DedupConfig(window_seconds=300)), metrics, clock
+    )
+    a, b = sample_alert("A"), sample_alert("B")
+    quiet = sample_alert("A", Priority.DEBUG)
+    assert await sink.send_many([a, quiet, b, sample_alert("A")]) is None
+    assert [[x.rule for x in batch] for batch in inner.batches] == [["A", "B"]]
+    assert filtered(metrics, "filter") == 1 and filtered(metrics, "duplicate") == 1
+    await sink.send_many([sample_alert("A"), quiet])  # nothing left: the inner sink is not called
+    assert len(inner.batches) == 1
+
+
+def test_the_wrapper_reports_what_the_inner_sink_is() -> None:
+    inner = BatchRecorder()
+    config = SinkConfig(buffer=dataclasses.replace(SinkConfig().buffer, max_alerts=17))
+    sink = PolicySink(inner, config, Metrics())
+    assert (sink.name, sink.durable, sink.concurrency, sink.max_call) == ("rec", True, 3, 7)
+    assert sink.transactional is inner.transactional
+    assert sink.buffer.max_alerts == 17
+
+
+@pytest.mark.asyncio
+async def test_dedup_keys_ignore_mapping_order() -> None:
+    sink, inner, metrics, _ = policy(SinkConfig(dedup=DedupConfig(keys=("labels",))))
+    await sink.send(sample_alert(labels={"a": 1, "b": 2}))
+    await sink.send(sample_alert(labels={"b": 2, "a": 1}))
+    await sink.send(sample_alert(labels={"a": 1, "b": 3}))
+    assert len(inner.alerts) == 2 and filtered(metrics, "duplicate") == 1
+
+
+@pytest.mark.asyncio
+async def test_window_bytes_are_given_back_when_windows_close() -> None:
+    """Two windows fit exactly in ``max_bytes``; a third closes the oldest
+    early.  Windows that closed give their bytes back, so the next two fit
+    again without closing anything early."""
+    size = len(sample_alert(namespace="ns-0").to_json())
+    config = SinkConfig(dedup=DedupConfig(window_seconds=300, max_bytes=2 * size, max_windows=100))
+    sink, inner, _, clock = policy(config)
+    for ns in ("ns-0", "ns-1", "ns-0", "ns-1"):  # one repeat each
+        await sink.send(sample_alert(namespace=ns))
+    assert len(inner.alerts) == 2  # both windows open at exactly max_bytes
+    await sink.send(sample_alert(namespace="ns-2"))
+    assert [a.context.get("repeat_count") for a in inner.alerts[2:]] == [1, None]  # ns-0 closed early
+    clock.now += 300
+    await sink.flush()
+    assert len(inner.alerts) == 5 and not sink._windows  # ns-1's summary; every window closed
+    for ns in ("ns-3", "ns-4", "ns-3", "ns-4"):
+        await sink.send(sample_alert(namespace=ns))
+    assert len(inner.alerts) == 7  # nothing closed early: the bytes were given back
+
+
+@pytest.mark.asyncio
+async def test_summary_time_and_host_come_from_the_repeats() -> None:
+    sink, inner, _, clock = policy(DEDUP)
+    await sink.send(sample_alert(time_ns=T0))
+    await sink.send(sample_alert(time_ns=T0 + 7 * 10**9))
+    await sink.send(sample_alert(time_ns=T0 + 3 * 10**9))  # late arrival: not the last seen
+    clock.now += 300
+    await sink.flush()
+    summary = inner.alerts[-1]
+    assert summary.time_ns == T0 + 7 * 10**9
+    assert summary.hostname == inner.alerts[0].hostname == "eventd-0"
+
+
+@pytest.mark.asyncio
+async def test_only_a_dedup_policy_runs_a_background_task() -> None:
+    def ticker_tasks() -> list[str]:
+        return [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "sink-rec-dedup"]
+
+    plain, _, _, _ = policy(SinkConfig())
+    await plain.start()
+    assert ticker_tasks() == []
+    await plain.close()
+    dedup, _, _, _ = policy(DEDUP)
+    await dedup.start()
+    await dedup.start()  # started twice: still one task
+    assert ticker_tasks() == ["sink-rec-dedup"]
+    await dedup.close()
+    await asyncio.sleep(0)
+    assert ticker_tasks() == []

@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 from eventd.config import ConfigError, SlackSinkConfig
 from eventd.engine.priority import Priority
 from eventd.metrics import Metrics
+from eventd.sinks.lane import SinkLane
+from eventd.sinks.policy import PolicySink
 from eventd.sinks.slack import SlackSink
 from tests.http_receiver import Answer, Receiver, sample_alert, serve
 
@@ -186,8 +188,16 @@ async def test_connection_errors_are_retried(h: Harness, tmp_path: Path) -> None
 
 @pytest.mark.asyncio
 async def test_concurrency_never_exceeds_the_limit(h: Harness) -> None:
+    """The sink's lane runs ``max_concurrency`` requests at once, no more."""
     h.receiver.default = Answer(hold=0.05)
-    await deliver(h.sink(max_concurrency=2), *(sample_alert(f"r{i}") for i in range(8)))
+    sink = h.sink(max_concurrency=2)
+    lane = SinkLane(PolicySink(sink, sink.config, h.metrics), h.metrics)
+    lane.start()
+    lane.offer([sample_alert(f"r{i}") for i in range(8)])
+    async with asyncio.timeout(10):
+        await lane.drain()
+    await lane.stop()
+    await sink.close()
     assert len(h.receiver.requests) == 8
     assert h.receiver.max_active == 2
     assert h.value("eventd_sink_deliveries_total") == 8

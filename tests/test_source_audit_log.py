@@ -9,7 +9,7 @@ import dataclasses
 import gzip
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from eventd.sources.base import Batch
 from eventd.sources.checkpoint import load_checkpoint, write_checkpoint
 from eventd.sources.linereader import LineSplitter, rotated_files
 from tests.builders import audit_event
+from tests.waiting import wait_until
 
 POLL = 0.01
 
@@ -108,12 +109,6 @@ def make_source(tmp_path: Path, metrics: Metrics | None = None, **kw: object) ->
 def gauge(source: AuditLogSource, name: str, **labels: str) -> float:
     value = source._metrics.registry.get_sample_value(name, {"source": "audit_log", **labels})
     return value or 0.0
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.002)
 
 
 @asynccontextmanager

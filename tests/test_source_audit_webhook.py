@@ -560,7 +560,7 @@ async def test_answer_waits_until_the_batch_reached_the_sinks(monkeypatch: pytes
             inlet.batches[0].done.set_result(None)
             response = await post
             assert response.status == 200
-            # Not processed in time: 503, and the retry is a repeat (it is queued).
+            # Not processed in time: 503 (see tests/faults/test_acknowledged_is_safe.py for the retry).
             post = await session.post(url, data=orjson.dumps(audit_event(auditID="slow-2")), headers=JSON)
             assert post.status == 503 and inlet.rejects["slow"] == 1
             # Processing failed: 503, and the retry is NOT dropped as a duplicate.

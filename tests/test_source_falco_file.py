@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventd.config import FalcoFileConfig
+from eventd.config import ConfigError, FalcoFileConfig
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch
@@ -159,11 +159,19 @@ async def test_file_without_follow_is_read_once_with_reasons(tmp_path: Path) -> 
     assert {s for s, _, _ in inlet.rejections} == {"falco_file"}
 
 
-@pytest.mark.asyncio
-async def test_missing_file_without_follow_raises(tmp_path: Path) -> None:
-    source = FalcoFileSource(FalcoFileConfig(path=str(tmp_path / "nope"), follow=False), Metrics())
-    with pytest.raises(FileNotFoundError):
-        await source.run(RecordingInlet())
+def test_missing_file_without_follow_is_refused_at_construction(tmp_path: Path) -> None:
+    """Refused when the config is validated (``run --check`` too), not when it runs."""
+    with pytest.raises(ConfigError, match=r"^sources\.falco_file\.path: cannot read .*nope"):
+        FalcoFileSource(FalcoFileConfig(path=str(tmp_path / "nope"), follow=False), Metrics())
+
+
+def test_a_directory_is_refused_even_when_followed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, expected a file"):
+        FalcoFileSource(FalcoFileConfig(path=str(tmp_path), follow=True), Metrics())
+
+
+def test_a_followed_file_may_appear_later(tmp_path: Path) -> None:
+    FalcoFileSource(FalcoFileConfig(path=str(tmp_path / "later.json"), follow=True), Metrics())
 
 
 # ---------------------------------------------------------------------- follow

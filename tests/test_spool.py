@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from eventd.metrics import Metrics
 from eventd.sinks.spool import ACK_FILE, HEADER_SIZE, SEGMENT_SUFFIX, Spool, SpoolError
+from tests.fsync_log import SyncLog
 
 NAME = "kafka"
 
@@ -345,3 +346,126 @@ def test_spool_behaves_like_a_bounded_queue(ops: list, policy: str) -> None:
             assert dropped(metrics, "spool_full") == drops
         finally:
             spool.close()
+
+
+# ----------------------------------------------------------- damaged state
+
+
+def test_lost_records_are_counted_exactly_and_once(tmp_path: Path) -> None:
+    """A segment in the middle vanishes: its records are counted (the next
+    segment's name says where they ended), once, not again at every start."""
+    spool = open_spool(tmp_path, segment_bytes=100)
+    data = records(20)
+    for r in data:
+        spool.append(r)
+    spool.ack_through(1)
+    spool.close()
+    names = segments(tmp_path)
+    gone = names[1]
+    first, end = int(gone.stem), int(names[2].stem)
+    gone.unlink()
+
+    metrics = Metrics()
+    spool = open_spool(tmp_path, metrics)
+    assert payloads(spool) == [r for i, r in enumerate(data) if i >= 2 and not first <= i < end]
+    assert dropped(metrics, "spool_corrupt") == end - first
+    spool.close()
+    metrics = Metrics()
+    open_spool(tmp_path, metrics).close()
+    assert dropped(metrics, "spool_corrupt") == 0
+
+
+def test_a_copied_record_is_not_delivered_twice(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, segment_bytes=100)
+    for r in records(10):
+        spool.append(r)
+    spool.close()
+    first, second = segments(tmp_path)[:2]
+    with second.open("r+b") as f:  # the second segment starts with a copy of the first's records
+        rest = f.read()
+        f.seek(0)
+        f.write(first.read_bytes() + rest)
+    spool = open_spool(tmp_path)
+    assert payloads(spool) == records(10)
+    spool.close()
+
+
+def test_unreadable_entries_are_moved_aside(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path, segment_bytes=100)
+    for r in records(10):
+        spool.append(r)
+    spool.close()
+    newest = segments(tmp_path)[-1]
+    for path in (newest, tmp_path / ACK_FILE, tmp_path / "lock"):
+        path.unlink(missing_ok=True)
+        path.mkdir()
+    metrics = Metrics()
+    spool = open_spool(tmp_path, metrics)
+    assert payloads(spool) == records(10)[: int(newest.stem)]
+    # The ack file, and the newest segment: at least one record, how many is unknowable.
+    assert dropped(metrics, "spool_corrupt") == 2
+    assert spool.append(b"next")  # a new segment, not the moved one's name
+    spool.close()
+    moved = {p.name for p in tmp_path.iterdir() if p.name.endswith(".corrupt")}
+    assert moved == {f"{newest.name}.corrupt", "ack.corrupt", "lock.corrupt"}
+    reopened = open_spool(tmp_path)
+    assert payloads(reopened)[-1] == b"next"
+    reopened.close()
+
+
+# -------------------------------------------------------------- durability
+
+
+def test_appends_reach_the_disk_when_the_policy_says(tmp_path: Path, monkeypatch) -> None:
+    """``fsync_every=3``: the third append is on disk (data, and the directory
+    entry of its new segment) when it returns; ``sync`` and ``close`` flush
+    what is pending."""
+    spool = open_spool(tmp_path, fsync_every=3, fsync_interval=3600)
+    log = SyncLog(monkeypatch)
+    spool.append(b"one")
+    spool.append(b"two")
+    segment = segments(tmp_path)[0]
+    assert str(segment) not in log.synced()
+    spool.append(b"three")
+    assert log.synced().count(str(segment)) == 1 and str(tmp_path) in log.synced()
+    log.clear()
+    spool.append(b"four")
+    assert log.synced() == []
+    spool.sync()
+    assert log.synced() == [str(segment)]
+    log.clear()
+    spool.append(b"five")
+    spool.close()
+    assert log.synced() == [str(segment)]
+
+
+def test_interval_zero_syncs_every_append(tmp_path: Path, monkeypatch) -> None:
+    spool = open_spool(tmp_path, fsync_interval=0)
+    log = SyncLog(monkeypatch)
+    for n, r in enumerate(records(4), start=1):
+        spool.append(r)
+        assert log.synced().count(str(segments(tmp_path)[0])) == n
+    spool.close()
+
+
+def test_repairs_reach_the_disk(tmp_path: Path, monkeypatch) -> None:
+    """A repaired segment is synced before it replaces the damaged one; a torn
+    tail's truncation is synced too (else it is found, and counted, again)."""
+    spool = open_spool(tmp_path)
+    for r in records(6):
+        spool.append(r)
+    spool.close()
+    segment = segments(tmp_path)[0]
+    raw = bytearray(segment.read_bytes())
+    raw[HEADER_SIZE + 3] ^= 0xFF  # the first record's payload
+    segment.write_bytes(bytes(raw) + raw[: HEADER_SIZE + 5])  # and a torn tail
+    log = SyncLog(monkeypatch)
+    open_spool(tmp_path).close()
+    rewritten = segment.with_suffix(".tmp")
+    assert log.index("sync", rewritten) < log.index("rename", segment) < log.index("sync", tmp_path)
+
+    with segment.open("ab") as f:
+        f.write(b"EvS1 torn")
+    log.clear()
+    open_spool(tmp_path).close()
+    assert str(segment) in log.synced()

@@ -27,16 +27,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="validate the config and the rules, then exit (0 when both are good)",
+        help="validate the config, the rules and every source and sink (files, TLS, names, "
+        "directories; nothing is started or bound), then exit: 0 when good, 2 otherwise",
     )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status 2, with one line on stderr naming the key and the cause,
+    for every refusal: config, rules, a source or sink, a failed start-up."""
     # Imported here: the daemon pulls in aiohttp, gRPC and Kafka clients, which
     # `eventd scan` and the other commands do not need to pay for at start-up.
     from eventd.config import ConfigError, load_config
-    from eventd.daemon import Daemon, build_matcher
+    from eventd.daemon import Daemon, StartError, build_matcher, validate
     from eventd.engine.errors import RuleError
     from eventd.logs import configure_logging
 
@@ -52,10 +55,21 @@ def run(args: argparse.Namespace) -> int:
         error(f"rules refused: {err}")
         return EXIT_USAGE
     if args.check:
-        print(f"config ok; {len(matcher.ruleset.rules)} rules loaded")
+        try:
+            # The validation `run` does too (inside Daemon.run): same verdict, same message.
+            components = validate(config)
+        except ConfigError as err:
+            error(f"config refused: {err}")
+            return EXIT_USAGE
+        sources = ", ".join(s.name for s in components.sources) or "none"
+        sinks = ", ".join(s.name for s in components.sinks) or "none"
+        print(f"config ok; {len(matcher.ruleset.rules)} rules loaded; sources: {sources}; sinks: {sinks}")
         return 0
     try:
         return asyncio.run(Daemon(config, matcher).run())
-    except ConfigError as err:  # raised by a source or sink checking its files at start
+    except StartError as err:  # a port in use, a spool held elsewhere: undone before we get here
+        error(f"cannot start: {err}")
+        return EXIT_USAGE
+    except ConfigError as err:  # refused by validation: nothing was started
         error(f"config refused: {err}")
         return EXIT_USAGE

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import sys
+import zlib
 from collections.abc import Callable
 
 from rich.console import Console
@@ -17,8 +18,9 @@ from eventd.alerts import Alert
 from eventd.cli.common import EXIT_INPUT, EXIT_OK, EXIT_USAGE, error, load_ruleset_or_report
 from eventd.engine.matcher import RULE_MATCHING
 from eventd.engine.priority import Priority
+from eventd.events import redact
 from eventd.gctune import tune_after_startup
-from eventd.scanner import NotAuditData, Scanner, ScanStats
+from eventd.scanner import DEFAULT_MAX_LINE_BYTES, NotAuditData, Scanner, ScanStats
 
 #: Rejected lines printed individually before only counting them.
 MAX_REPORTED_REJECTS = 20
@@ -31,6 +33,16 @@ def _priority(text: str) -> Priority:
         return Priority.parse(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _line_bytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -58,7 +70,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rule-matching", choices=RULE_MATCHING, default="first")
     p.add_argument("--no-prefilter", action="store_true", help="parse and validate every line (slower)")
+    p.add_argument(
+        "--max-line-bytes",
+        type=_line_bytes,
+        default=DEFAULT_MAX_LINE_BYTES,
+        metavar="N",
+        help="skip and report lines longer than this, so no input can exhaust memory "
+        f"(default: {DEFAULT_MAX_LINE_BYTES}, as the daemon's max_line_bytes)",
+    )
     p.add_argument("--hostname", default=None, help="hostname put in alerts (default: this host)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="take the redaction: settings from this eventd config file (default: the built-in "
+        "ones; Secrets are always redacted)",
+    )
     p.add_argument(
         "--stats",
         action=argparse.BooleanOptionalAction,
@@ -91,7 +118,24 @@ def _alert_writer(fmt: str) -> Callable[[Alert], None]:
     return lambda alert: out.write(alert.text_line().encode() + b"\n")
 
 
+def _install_redaction(config_path: str | None) -> bool:
+    """Redact as the daemon with this config would; False (reported) if refused."""
+    if config_path is None:
+        redact.install(redact.DEFAULT_POLICY)
+        return True
+    from eventd.config import ConfigError, load_config
+
+    try:
+        redact.install(redact.policy_from_config(load_config(config_path).redaction))
+    except ConfigError as err:
+        error(f"config refused: {err}")
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    if not _install_redaction(args.config):
+        return EXIT_USAGE
     ruleset = load_ruleset_or_report(args.rules)
     if ruleset is None:
         return EXIT_USAGE
@@ -105,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         rule_matching=args.rule_matching,
         min_priority=args.min_priority,
         hostname=args.hostname or socket.gethostname(),
+        max_line_bytes=args.max_line_bytes,
     )
     status = EXIT_OK
     interactive = sys.stderr.isatty()
@@ -142,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
                 raise  # `| head`: cli.main ends quietly
             except OSError as err:
                 error(f"{path}: {err.strerror or err}")
+                status = EXIT_INPUT
+            except (EOFError, zlib.error) as err:  # a truncated or corrupt .gz: what came before counts
+                error(f"{path}: damaged gzip data ({err})")
                 status = EXIT_INPUT
             done += sizes[path]
     sys.stdout.flush()

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eventd.boundedfile import FileTooLarge, read_bounded
 from eventd.engine.ast import Check, FieldRef, Node, walk
 from eventd.engine.compiler import compile_condition
 from eventd.engine.errors import RuleError
@@ -776,8 +777,13 @@ def load_rules(
 
 
 def _read_text(path: Path) -> str:
-    """The file as text (a UTF-8 BOM is dropped); invalid UTF-8 is a ``RuleError``."""
-    raw = path.read_bytes()
+    """The file as text (a UTF-8 BOM is dropped); invalid UTF-8 is a ``RuleError``,
+    and so is a file past ``boundedfile.MAX_FILE_BYTES`` (``/dev/zero`` is not read whole)."""
+    try:
+        raw = read_bounded(path)
+    except FileTooLarge as err:
+        message = f"larger than {err.limit} bytes, the limit for a rules file"
+        raise RuleError(message, file=str(path)) from None
     data = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return data.decode("utf-8")

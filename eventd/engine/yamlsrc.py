@@ -120,6 +120,10 @@ def load_documents(text: str, file: str) -> list[Node]:
         ) from None
     except yaml.YAMLError as err:
         raise RuleError(f"YAML error: {err}", file=file) from None
+    except UnicodeEncodeError as err:
+        # libyaml takes UTF-8: a lone surrogate (text given to load_rules_text,
+        # never a file read as UTF-8) cannot be passed to it.
+        raise RuleError(f"invalid text at offset {err.start}: {err.reason}", file=file) from None
     return builder.docs
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from eventd.events.errors import DecodeError
 from eventd.events.model import K8S_AUDIT, Event
-from eventd.events.redact import redact_secret_event
+from eventd.events.redact import redact_audit_event
 
 API_VERSIONS = frozenset({"audit.k8s.io/v1", "audit.k8s.io/v1beta1"})
 #: Falco's wording, kept so operators can grep for the same message.
@@ -71,7 +71,7 @@ def audit_events(obj: Any, origin: str = "file") -> tuple[list[Event], list[Deco
         except DecodeError as err:
             errors.append(err)
             continue
-        redact_secret_event(doc)
+        redact_audit_event(doc)  # before anything else sees the event
         events.append(Event(K8S_AUDIT, doc, origin))
     return events, errors
 

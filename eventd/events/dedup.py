@@ -2,18 +2,35 @@
 
 The API server retries whole webhook batches for minutes, and a restarted
 tailer may re-read a few lines; both deliver events eventd already has.
-Identities are ``auditID`` and ``stage``.  Entries expire after ``window``
-seconds and the table is capped in size, so memory stays bounded whatever
-arrives; when the cap is hit the oldest entries go first.
+Identities are ``auditID`` and ``stage``, kept as 16-byte digests: an
+attacker's 100 KB auditID costs 16 bytes here, and ``bytes`` keys are not
+tracked by Python's garbage collector (tuple keys made every full
+collection walk a full table: throughput halved once it filled).  Entries
+expire after ``window`` seconds and the table is capped in entries
+(``max_entries``, so in bytes too), oldest first.
+
+An event is only a duplicate of one whose alerts are safe.  So the webhook
+*claims* the identities of a batch while it is in flight and they count as
+seen only once the batch is done; a batch that fails or is not done in time
+releases its claims.  A copy of an event claimed by a batch still in flight
+waits for that batch's outcome (bounded): a duplicate if it succeeded, new
+if it failed or the wait ran out (at-least-once: its alerts carry the same
+``uuid``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from eventd.events.model import K8S_AUDIT, Event
+
+#: Bytes of an identity digest.
+KEY_BYTES = 16
 
 
 class RecentKeys:
@@ -26,25 +43,57 @@ class RecentKeys:
         self.window = window
         self.max_entries = max_entries
         self._clock = clock
-        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        #: Identities of batches in flight, and the batch's ``done``.
+        self._claims: dict[bytes, asyncio.Future[None]] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def seen(self, key: Hashable) -> bool:
+    def seen(self, key: bytes) -> bool:
         """True if ``key`` was seen within the window; records it otherwise."""
-        now = self._clock()
-        self._expire(now)
-        if key in self._seen:
+        if self.known(key):
             return True
-        self._seen[key] = now
-        if len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        self._record(key)
         return False
 
-    def forget(self, key: Hashable) -> None:
-        """Take ``key`` back: its delivery was refused, so a retry is not a repeat."""
-        self._seen.pop(key, None)
+    def known(self, key: bytes) -> bool:
+        """True if ``key`` was recorded (not merely claimed) within the window."""
+        self._expire(self._clock())
+        return key in self._seen
+
+    def claim(self, keys: Iterable[bytes], done: asyncio.Future[None]) -> None:
+        """``keys`` belong to a batch in flight: recorded once ``done``
+        succeeds, forgotten if it fails (see ``release`` for a timeout)."""
+        claimed = list(keys)
+        for key in claimed:
+            self._claims[key] = done
+        done.add_done_callback(lambda future: self._settle(claimed, future))
+
+    def claimed(self, key: bytes) -> asyncio.Future[None] | None:
+        """The ``done`` of the batch in flight that claimed ``key``, if any."""
+        return self._claims.get(key)
+
+    def release(self, keys: Iterable[bytes], done: asyncio.Future[None]) -> None:
+        """Drop the claims ``done``'s batch still holds on ``keys`` (its sender
+        gave up waiting): a retry is then new, not a duplicate."""
+        for key in keys:
+            if self._claims.get(key) is done:
+                del self._claims[key]
+
+    def _settle(self, keys: list[bytes], done: asyncio.Future[None]) -> None:
+        succeeded = not done.cancelled() and done.exception() is None
+        for key in keys:
+            if self._claims.get(key) is done:
+                del self._claims[key]
+                if succeeded:
+                    self._record(key)
+
+    def _record(self, key: bytes) -> None:
+        self._seen[key] = self._clock()
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         limit = now - self.window
@@ -56,26 +105,23 @@ class RecentKeys:
             del seen[oldest_key]
 
 
-def audit_key(event: Event) -> str | None:
-    """``auditID`` and ``stage`` of an audit event as one string, or None
-    when it has no auditID.
-
-    A string, not a tuple: a full table holds a million keys, and strings
-    are not tracked by Python's garbage collector while tuples are, so
-    tuple keys made every full collection walk the whole table (measured:
-    throughput fell by half once the table filled).
-    """
+def audit_key(event: Event) -> bytes | None:
+    """A digest of ``auditID`` and ``stage`` of an audit event, or None when
+    it has no auditID."""
     if event.source != K8S_AUDIT:
         return None
     audit_id = event.doc.get("auditID")
     if not isinstance(audit_id, str):
         return None
     stage = event.doc.get("stage")
-    return f"{audit_id}\x00{stage if isinstance(stage, str) else ''}"
+    # Length-prefixed: with a bare separator, ("a", "b\0c") and ("a\0b", "c")
+    # would be one identity, and one event could pass for another.
+    identity = f"{len(audit_id)}:{audit_id}\x00{stage if isinstance(stage, str) else ''}"
+    return hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES).digest()
 
 
 def drop_duplicates(events: list[Event], recent: RecentKeys) -> tuple[list[Event], int]:
-    """The events not seen before (in order) and how many were dropped."""
+    """The events not seen before (in order), recording them, and how many were dropped."""
     kept = []
     for event in events:
         key = audit_key(event)
@@ -83,3 +129,38 @@ def drop_duplicates(events: list[Event], recent: RecentKeys) -> tuple[list[Event
             continue
         kept.append(event)
     return kept, len(events) - len(kept)
+
+
+@dataclass(slots=True)
+class Fresh:
+    """What ``new_events`` found in a batch."""
+
+    #: Events to process, in order, and the identities to claim for them.
+    events: list[Event] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    #: Copies of events already safe (or repeated inside the batch).
+    duplicates: int = 0
+    #: ``done`` of other batches in flight holding identities of this one.
+    in_flight: set[asyncio.Future[None]] = field(default_factory=set)
+
+
+def new_events(events: list[Event], recent: RecentKeys, *, wait: bool) -> Fresh:
+    """Sort a batch that will be claimed.  With ``wait``, events claimed by a
+    batch in flight are left out and that batch's ``done`` is reported, so the
+    caller can wait for it and sort again; without, they count as new."""
+    fresh = Fresh()
+    here: set[bytes] = set()
+    for event in events:
+        key = audit_key(event)
+        if key is not None:
+            if key in here or recent.known(key):
+                fresh.duplicates += 1
+                continue
+            other = recent.claimed(key) if wait else None
+            if other is not None:
+                fresh.in_flight.add(other)
+                continue
+            here.add(key)
+            fresh.keys.append(key)
+        fresh.events.append(event)
+    return fresh

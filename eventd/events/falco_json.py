@@ -14,6 +14,7 @@ import orjson
 from eventd.engine.priority import Priority
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO, Event
+from eventd.events.redact import redact_falco_alert
 from eventd.events.timestamps import rfc3339_to_ns
 
 #: What Falco writes when the rule's source is not given (sidekick says "syscalls").
@@ -71,4 +72,5 @@ def falco_alert_event(obj: Any, origin: str = "file") -> Event:
     if not isinstance(obj.get("output"), str):
         obj["output"] = ""
     obj["priority"] = priority.label
+    redact_falco_alert(obj)  # every Falco input comes through here, before rules and sinks
     return Event(FALCO, obj, origin)

@@ -26,10 +26,11 @@ from urllib.parse import quote
 import orjson
 
 from eventd.alerts import Alert
-from eventd.config import AlertmanagerSinkConfig
+from eventd.checks import client_tls_files
+from eventd.config import AlertmanagerSinkConfig, ConfigError
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
-from eventd.secretfile import SecretFile
+from eventd.secretfile import SecretFile, secret_url
 from eventd.sinks.http_delivery import HttpSink
 from eventd.sinks.slack import alert_facts, image_reference
 
@@ -95,17 +96,29 @@ class AlertmanagerSink(HttpSink):
     max_batch = MAX_BATCH
 
     def __init__(self, config: AlertmanagerSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(config, metrics, **kwargs)
-        self._url = config.url.rstrip("/") + "/api/v2/alerts"
+        client_tls_files(config.tls, "sinks.alertmanager.tls")
+        try:
+            super().__init__(config, metrics, **kwargs)
+        except OSError as err:  # ssl.SSLError: the files are there but not usable PEM
+            raise ConfigError("sinks.alertmanager.tls", f"cannot load TLS files: {err}") from None
+        base = secret_url(config.url, "sinks.alertmanager.url", bearer_token=config.token_file is not None)
+        self._url = base.rstrip("/") + "/api/v2/alerts"
         self._resolve_after_ns = int(config.resolve_after_seconds * 1e9)
         self._generator_url = config.generator_url
         self._token = (
-            SecretFile(config.token_file, "sinks.alertmanager.token_file") if config.token_file else None
+            SecretFile(config.token_file, "sinks.alertmanager.token_file", metrics)
+            if config.token_file
+            else None
         )
 
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def probe_url(self) -> str:
+        # Alertmanager's own readiness endpoint, next to the alerts API.
+        return self._url.removesuffix("/api/v2/alerts") + "/-/ready"
 
     def body(self, alerts: Sequence[Alert]) -> bytes:
         now = time.time_ns()

@@ -1,103 +1,147 @@
 """Alerts appended to a file as JSON lines (or Falco text lines), logrotate-friendly.
 
+A durable sink: once ``send_many`` returned, the alerts are in the file (in
+the kernel's page cache: a ``kill -9`` of eventd loses nothing), so inputs
+may acknowledge them.  A write that fails (a full disk, a revoked
+permission) is retried with backoff until it succeeds: meanwhile the sink
+is not ``accepting`` (``/readyz`` says so) and its lane fills, which pushes
+back on the inputs rather than dropping alerts.  Part of a write that got
+through before the error is not written twice, so lines stay whole.
+
 logrotate either renames the file away (``create``) or truncates it
 (``copytruncate``).  Truncation needs nothing: the file is opened in append
 mode, so writes land at the new end.  A rename is noticed on the next write
 (the path no longer names our inode) and the file is reopened; ``reopen()``
 does the same on demand (SIGHUP, logrotate's ``postrotate``).
 
-Lines from one pipeline batch are written with one system call: the buffer
-is flushed once per event-loop turn rather than per alert, so ``tail -f``
-readers see alerts at once without a write per line.  The file is created
-``0640``: alerts name users, workloads and commands.
+All file I/O happens on a writer thread (``sinks/writer.py``): a hung disk
+blocks this sink, never the event loop.  The file is created ``0640``:
+alerts name users, workloads and commands.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
-from typing import BinaryIO
+from collections.abc import Sequence
 
 import structlog
 
 from eventd.alerts import Alert
+from eventd.backoff import backoff_delay
 from eventd.config import FileSinkConfig
 from eventd.metrics import Metrics
-from eventd.sinks.base import Sink
+from eventd.sinks.base import Receipt, Sink
+from eventd.sinks.writer import WriterThread, alert_lines
 
 log = structlog.get_logger(__name__)
+
+#: Retry delays of a failing write: from this, doubling, up to ``RETRY_MAX``.
+RETRY_INITIAL = 0.1
+RETRY_MAX = 5.0
 
 
 class FileSink(Sink):
     name = "file"
+    durable = True
 
     def __init__(self, config: FileSinkConfig, metrics: Metrics) -> None:
         self._path = config.path
         self._json = config.format == "json"
         self.metrics = metrics
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
-        self._flush_pending = False
-        self._unflushed = 0  # lines written to the buffer, not yet to the file
         self._failing = False
+        self._reopen_requested = False
+        self._writer: WriterThread | None = None
         self._m_deliveries = metrics.sink_deliveries.labels(self.name)
 
     async def start(self) -> None:
-        self._open()
+        await self._thread().call(self._open)
 
     async def send(self, alert: Alert) -> None:
-        line = (alert.to_json() if self._json else alert.text_line().encode()) + b"\n"
-        try:
-            if self._file is None or self._rotated():
-                self._open()
-            assert self._file is not None
-            self._file.write(line)
-        except OSError as err:
-            self._failed(err, 1)
-            return
-        self._unflushed += 1
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush_buffer)
+        await self.send_many([alert])
 
-    async def flush(self) -> None:
-        self._flush_buffer()
+    async def send_many(self, alerts: Sequence[Alert]) -> Receipt:
+        data = alert_lines(alerts, self._json)
+        view = memoryview(data)
+        attempt = 0
+        while view:
+            try:
+                view = await self._thread().call(self._write, view)
+            except OSError as err:
+                view = getattr(err, "remaining", view)
+                self._failed(err)
+                await asyncio.sleep(backoff_delay(attempt, RETRY_INITIAL, RETRY_MAX))
+                attempt += 1
+        if self._failing:
+            log.info("file_sink_recovered", sink=self.name)
+            self._failing = False
+        self._m_deliveries.inc(len(alerts))
+        return None
 
     async def close(self) -> None:
-        self._flush_buffer()
-        if self._file is not None:
-            try:
-                os.fsync(self._file.fileno())
-                self._file.close()
-            except OSError as err:
-                self._failed(err)
-            self._file = None
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        with contextlib.suppress(OSError):
+            await writer.call(self._close_file, True)
+        writer.stop()
 
     def healthy(self) -> bool:
         return not self._failing
 
+    def accepting(self) -> bool:
+        return not self._failing
+
+    async def flush(self) -> None:
+        """Wait until the writer thread finished what it was given."""
+        if self._writer is not None:
+            await self._writer.call(lambda: None)
+
     def reopen(self) -> None:
-        """Close and reopen the path (after logrotate moved the file away)."""
+        """Start a new file at the path (after logrotate moved it away); done
+        on the writer thread, after the writes already handed to it."""
+        self._reopen_requested = True
+        self._thread().submit(self._reopen_now)
+
+    def _reopen_now(self) -> None:
         try:
             self._open()
-        except OSError as err:
-            self._failed(err)
+        except OSError as err:  # the next write retries, and reports it
+            self._reopen_requested = True
+            log.warning("file_sink_reopen_failed", sink=self.name, error=err.strerror or type(err).__name__)
 
-    # ----------------------------------------------------------------- helpers
+    # --------------------------------------------------- on the writer thread
+
+    def _thread(self) -> WriterThread:
+        if self._writer is None:
+            self._writer = WriterThread("eventd-file-sink")
+        return self._writer
+
+    def _write(self, view: memoryview) -> memoryview:
+        """Write all of ``view``; an ``OSError`` carries what is left as ``remaining``."""
+        try:
+            if self._fd is None or self._reopen_requested or self._rotated():
+                self._open()
+            assert self._fd is not None
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as err:
+            err.remaining = view  # type: ignore[attr-defined]
+            self._close_file(False)  # the next attempt reopens: the path may be fixed by then
+            raise
+        return view
 
     def _open(self) -> None:
-        if self._file is not None:
-            self._flush_buffer()  # what was written before the rotation ends the old file
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-        self._file = None
+        self._reopen_requested = False
+        self._close_file(False)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._file = os.fdopen(fd, "ab")
         st = os.fstat(fd)
-        self._inode = (st.st_dev, st.st_ino)
+        self._fd, self._inode = fd, (st.st_dev, st.st_ino)
 
     def _rotated(self) -> bool:
         """True when the path is gone or names another file than ours."""
@@ -107,31 +151,25 @@ class FileSink(Sink):
             return True
         return (st.st_dev, st.st_ino) != self._inode
 
-    def _flush_buffer(self) -> None:
-        self._flush_pending = False
-        if self._file is None:
+    def _close_file(self, sync: bool) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
         try:
-            self._file.flush()
-        except OSError as err:
-            self._failed(err)
-            return
-        if self._unflushed:
-            self._m_deliveries.inc(self._unflushed)
-            self._unflushed = 0
-        self._failing = False
-
-    def _failed(self, err: OSError, lost: int = 0) -> None:
-        """Count and log an I/O error, drop what the buffer held; the next send reopens."""
-        self.metrics.sink_failures.labels(self.name, "io_error").inc()
-        lost += self._unflushed
-        self._unflushed = 0
-        if lost:
-            self.metrics.sink_dropped.labels(self.name, "io_error").inc(lost)
-        if not self._failing:
-            log.error("file_sink_io_error", sink=self.name, error=err.strerror or type(err).__name__)
-        self._failing = True
-        if self._file is not None:
+            if sync:
+                os.fsync(fd)
+        finally:
             with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+                os.close(fd)
+
+    # ------------------------------------------------------- on the event loop
+
+    def _failed(self, err: OSError) -> None:
+        """Count and log (once per outage) a failed write; it will be retried."""
+        reason = "disk_full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
+        self.metrics.sink_failures.labels(self.name, reason).inc()
+        if not self._failing:
+            log.error(
+                "file_sink_io_error", sink=self.name, reason=reason, error=err.strerror or type(err).__name__
+            )
+        self._failing = True

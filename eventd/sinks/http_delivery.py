@@ -2,13 +2,20 @@
 
 falcosidekick posts once and forgets: a receiver that is down, slow or
 rate-limiting loses the alert, and every alert opens its own request
-(thousands of connections under a flood).  Here each sink owns a bounded
-memory queue drained by ``max_concurrency`` workers over a connection pool of
+(thousands of connections under a flood).  Here the sink's lane
+(``sinks/lane.py``) runs ``max_concurrency`` tasks over a connection pool of
 the same size, and every request is retried with exponential backoff and
 jitter on timeouts, connection errors, 5xx and 429 (``Retry-After`` wins over
 the backoff).  Other 4xx mean the receiver refuses this payload for good
 (bad URL, revoked token, invalid message), so retrying would only delay the
 alerts behind it: those are dropped and counted at once.
+
+These sinks are best-effort: while a receiver is down, retries keep the
+lane's tasks busy, the lane fills and drops its oldest alerts (counted), and
+nothing else waits.  ``healthy()`` turns False after ``UNHEALTHY_AFTER``
+failed attempts in a row and True again on a delivery or on a successful
+``probe`` (a bodiless request the lane sends while the sink is idle), so
+``eventd_sink_up`` follows the receiver, not the alert traffic.
 
 URLs and tokens are secrets (a Slack webhook URL *is* the credential), so
 nothing here logs a URL, a header or an exception's text, only the sink name,
@@ -27,23 +34,16 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
+import yarl
 
 from eventd.alerts import Alert
 from eventd.backoff import backoff_delay
 from eventd.config import ClientTLS, HttpSinkConfig
 from eventd.metrics import Metrics
-from eventd.sinks.base import Sink
+from eventd.sinks.base import Receipt, Sink
 
 log = structlog.get_logger(__name__)
 
-#: Alerts held in memory per sink before ``send`` pushes back on the pipeline.
-DEFAULT_QUEUE_SIZE = 1000
-#: How long ``send`` waits for room in a full queue before dropping the alert:
-#: long enough to absorb a burst, short enough that one dead receiver cannot
-#: stall the pipeline (and with it every other sink) for long.
-DEFAULT_ENQUEUE_TIMEOUT = 1.0
-#: ``close`` gives up on undelivered alerts after this long (counted as dropped).
-DEFAULT_CLOSE_TIMEOUT = 10.0
 #: Consecutive failed attempts after which ``healthy()`` turns False.
 UNHEALTHY_AFTER = 5
 #: Upper bound of one backoff or ``Retry-After`` wait: a receiver asking for an
@@ -103,26 +103,19 @@ class HttpSink(Sink):
         config: HttpSinkConfig,
         metrics: Metrics,
         *,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
-        enqueue_timeout: float = DEFAULT_ENQUEUE_TIMEOUT,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.concurrency = config.max_concurrency
+        self.max_call = self.max_batch
         self._ssl = client_ssl_context(config.tls)
-        self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue_size)
-        self._enqueue_timeout = enqueue_timeout
-        self._close_timeout = close_timeout
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._in_flight = 0
         self._consecutive_failures = 0
         n = self.name
         self._m_deliveries = metrics.sink_deliveries.labels(n)
         self._m_retries = metrics.sink_retries.labels(n)
-        self._m_depth = metrics.sink_queue_depth.labels(n)
 
     # ------------------------------------------------------------ subclass API
 
@@ -139,40 +132,37 @@ class HttpSink(Sink):
         """Headers of one attempt (authentication, signatures)."""
         return {"Content-Type": "application/json"}
 
+    @property
+    def probe_url(self) -> str:
+        """Where ``probe`` asks whether the receiver is back (any answer but a
+        5xx means it is): ``url`` without userinfo and query, which may hold
+        credentials (aiohttp would send ``user:password@`` as Basic auth)."""
+        return str(yarl.URL(self.url).with_user(None).with_query(None))
+
     # ---------------------------------------------------------------- Sink API
 
     async def start(self) -> None:
-        self._ensure_started()
+        self._client()
 
     async def send(self, alert: Alert) -> None:
-        self._ensure_started()
-        try:
-            self._queue.put_nowait(alert)
-        except asyncio.QueueFull:
-            try:
-                await asyncio.wait_for(self._queue.put(alert), self._enqueue_timeout)
-            except TimeoutError:
-                self.metrics.sink_dropped.labels(self.name, "queue_full").inc()
-                log.warning("sink_queue_full", sink=self.name, queued=self._queue.qsize())
-                return
-        self._m_depth.set(self._queue.qsize())
+        await self.send_many([alert])
 
-    async def flush(self) -> None:
-        """Wait until the queue is empty and no request is in flight."""
-        if self._workers:
-            await self._queue.join()
+    async def send_many(self, alerts: Sequence[Alert]) -> Receipt:
+        """Deliver ``alerts`` in requests of up to ``max_batch``, retrying each."""
+        for i in range(0, len(alerts), self.max_batch):
+            chunk = list(alerts[i : i + self.max_batch])
+            try:
+                await self._deliver(chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a bug in one payload must not stop the others
+                log.error(
+                    "sink_delivery_bug", sink=self.name, alerts=len(chunk), error_type=type(err).__name__
+                )
+                self.metrics.sink_dropped.labels(self.name, "internal_error").inc(len(chunk))
+        return None
 
     async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self.flush(), self._close_timeout)
-        except TimeoutError:
-            lost = self._queue.qsize() + self._in_flight
-            self.metrics.sink_dropped.labels(self.name, "shutdown").inc(lost)
-            log.error("sink_close_timeout", sink=self.name, undelivered=lost)
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -180,39 +170,22 @@ class HttpSink(Sink):
     def healthy(self) -> bool:
         return self._consecutive_failures < UNHEALTHY_AFTER
 
+    async def probe(self) -> None:
+        """A bodiless ``HEAD`` without credentials: a reachable receiver
+        answering anything but a 5xx makes the sink healthy again."""
+        async with self._client().head(self.probe_url, allow_redirects=False) as resp:
+            if resp.status < 500:
+                self._consecutive_failures = 0
+
     # ---------------------------------------------------------------- delivery
 
-    def _ensure_started(self) -> None:
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
                 connector=aiohttp.TCPConnector(limit=self.config.max_concurrency, ssl=self._ssl or True),
             )
-        if not self._workers:
-            self._workers = [
-                asyncio.create_task(self._worker(), name=f"sink-{self.name}-{i}")
-                for i in range(self.config.max_concurrency)
-            ]
-
-    async def _worker(self) -> None:
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            self._m_depth.set(queue.qsize())
-            self._in_flight += len(batch)
-            try:
-                await self._deliver(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug in one payload must not kill the worker
-                log.exception("sink_delivery_bug", sink=self.name, alerts=len(batch))
-                self.metrics.sink_dropped.labels(self.name, "internal_error").inc(len(batch))
-            finally:
-                self._in_flight -= len(batch)
-                for _ in batch:
-                    queue.task_done()
+        return self._session
 
     async def _deliver(self, alerts: list[Alert]) -> None:
         body = self.body(alerts)
@@ -244,9 +217,8 @@ class HttpSink(Sink):
             await self._sleep(min(delay, MAX_RETRY_DELAY))
 
     async def _attempt(self, body: bytes) -> _Outcome:
-        assert self._session is not None
         try:
-            async with self._session.post(
+            async with self._client().post(
                 self.url, data=body, headers=self.headers(body), allow_redirects=False
             ) as resp:
                 await resp.read()  # return the connection to the pool

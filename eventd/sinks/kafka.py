@@ -5,9 +5,13 @@ key, and acks ``NONE`` by default: a broker hiccup silently loses alerts.
 Here every alert is first appended to a durable on-disk spool
 (``sinks.spool``); one sender task produces from the spool in order and
 acknowledges spool records only after the broker acknowledged the messages
-(``acks: all`` by default).  A broker outage fills the spool (bounded, with a
-drop policy) and it drains in order when the broker is back; a restart or a
-``kill -9`` drains it on the next start.  Delivery is at-least-once: a batch
+(``acks: all`` by default).  A broker outage fills the spool and it drains
+in order when the broker is back; a restart or a ``kill -9`` drains it on
+the next start.  A full spool (or disk) stops the sink from accepting
+(``spool_full_policy: block``, the default), which pushes back on the
+inputs; dropping is an explicit policy.  ``send_many``'s receipt resolves
+when the broker acknowledged the alerts, which is what the Kafka source
+waits for before committing its offsets.  Delivery is at-least-once: a batch
 interrupted half-way is produced again, and the alert ``uuid`` lets
 consumers drop the duplicates.
 
@@ -26,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -44,12 +50,14 @@ from aiokafka.errors import (
 
 from eventd.alerts import Alert
 from eventd.backoff import backoff_delay
+from eventd.checks import client_tls_files, spool_settings
 from eventd.config import ConfigError, KafkaRoute, KafkaSinkConfig
 from eventd.engine.priority import Priority
-from eventd.kafka_client import client_options
+from eventd.kafka_client import ConsumedOffsets, client_options, started_producer
 from eventd.metrics import Metrics
-from eventd.sinks.base import Sink
-from eventd.sinks.spool import Spool
+from eventd.sinks.base import Receipt, Sink
+from eventd.sinks.kafka_transactions import TransactionalDelivery
+from eventd.sinks.spool import Spool, SpoolError, SpoolFull
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +66,8 @@ CONFIG_KEY = "sinks.kafka"
 BATCH_RECORDS = 500
 #: healthy() turns False when the spool is fuller than this fraction.
 SPOOL_HIGH_WATER = 0.9
+#: A blocked append is retried at least this often (a freed disk sends no signal).
+ROOM_POLL_SECONDS = 0.5
 #: aiokafka's codecs; snappy, lz4 and zstd come from the ``cramjam`` package.
 CODECS: dict[str, Callable[[], bool]] = {
     "gzip": has_gzip,
@@ -174,8 +184,20 @@ def failure_reason(err: BaseException) -> str:
     return "error"
 
 
+def _append_all(spool: Spool, values: list[bytes], start: int) -> tuple[int, SpoolFull | None]:
+    """Append ``values[start:]`` in order; how far it got, and why it stopped."""
+    for i in range(start, len(values)):
+        try:
+            spool.append(values[i])
+        except SpoolFull as full:
+            return i, full
+    return len(values), None
+
+
 class KafkaSink(Sink):
     name = "kafka"
+    durable = True
+    transactional = True
 
     def __init__(
         self,
@@ -196,7 +218,10 @@ class KafkaSink(Sink):
                 f"{CONFIG_KEY}.compression", f"{config.compression} needs the Python package cramjam"
             )
         # Fails fast at start-up on a bad TLS/SASL config; re-read on every reconnect.
+        client_tls_files(config.tls, f"{CONFIG_KEY}.tls")
         self._options()
+        # The spool opens in start(); what would make that fail is refused here.
+        spool_settings(config.spool_dir, config.spool_max_bytes, CONFIG_KEY)
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._unhealthy_after = unhealthy_after
@@ -213,6 +238,12 @@ class KafkaSink(Sink):
         self._progress = asyncio.Condition()
         #: monotonic time of the first failure of the current outage; None when delivering.
         self._failing_since: float | None = None
+        #: Why appends wait (``spool_full``, ``disk_full``); None while they do not.
+        self._blocked: str | None = None
+        #: Exactly-once deliveries (``send_transaction``); made on first use.
+        self._transactions: TransactionalDelivery | None = None
+        #: ``(last position, future)`` of ``send_many`` calls awaiting the broker, in order.
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     # -------------------------------------------------------------- contract
 
@@ -230,12 +261,72 @@ class KafkaSink(Sink):
         self._task = asyncio.create_task(self._run(), name="kafka-sink")
 
     async def send(self, alert: Alert) -> None:
-        """Append to the spool (in a thread: never blocks the loop) and return."""
+        await self.send_many([alert])
+
+    async def send_many(self, alerts: Sequence[Alert]) -> Receipt:
+        """Append to the spool (in a thread: never blocks the loop); the receipt
+        resolves once the broker acknowledged every one of ``alerts``.
+
+        With the ``block`` policy a full spool or disk makes this wait, retrying
+        as acknowledgements free space: the lane, then the inputs, wait too.
+        """
         spool = self._started()
-        value = alert.to_json()
+        values = [alert.to_json() for alert in alerts]
+        if not values:
+            return None
         async with self._append_lock:  # keeps the order of concurrent senders
-            await asyncio.to_thread(spool.append, value)
-        self._wake.set()
+            done = 0
+            while True:
+                done, full = await asyncio.to_thread(_append_all, spool, values, done)
+                self._wake.set()
+                if full is None:
+                    break
+                await self._wait_for_room(full.reason)
+            if self._blocked is not None:
+                log.info("kafka_spool_accepting_again", reason=self._blocked)
+                self._blocked = None
+            last = spool.next_position - 1
+        receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((last, receipt))
+        self._settle_waiters()
+        return receipt
+
+    def accepting(self) -> bool:
+        return self._blocked is None and self._task is not None and not self._task.done()
+
+    async def send_transaction(self, alerts: Sequence[Alert], consumed: ConsumedOffsets) -> None:
+        """Exactly-once: produce ``alerts`` and commit the input offsets in one
+        transaction, bypassing the spool (see ``sinks/kafka_transactions.py``)."""
+        if self._transactions is None:
+            transactional_id = (
+                self.config.transactional_id or f"{self.config.client_id}-{socket.gethostname()}"
+            )
+            self._transactions = TransactionalDelivery(
+                self._options, self._router.message, transactional_id, self.metrics, self.name
+            )
+        await self._transactions.deliver(alerts, consumed)
+
+    async def _wait_for_room(self, reason: str) -> None:
+        """Wait for an acknowledgement (or, for a full disk, a while) before retrying."""
+        if self._blocked is None:
+            self._blocked = reason
+            self.metrics.sink_failures.labels(self.name, reason).inc()
+            log.warning("kafka_spool_blocked", reason=reason, spool_alerts=self._started().depth)
+        async with self._progress:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), ROOM_POLL_SECONDS)
+
+    def _settle_waiters(self) -> None:
+        """Resolve the receipts of everything the spool is done with."""
+        spool = self._spool
+        if spool is None:
+            return
+        head = spool.head
+        waiters = self._waiters
+        while waiters and waiters[0][0] < head:
+            _, receipt = waiters.popleft()
+            if not receipt.done():
+                receipt.set_result(None)
 
     async def flush(self) -> None:
         """Wait until the spool is empty, or return early while the broker is
@@ -262,6 +353,14 @@ class KafkaSink(Sink):
                 await self._task
             self._task = None
         await self._drop_producer()
+        if self._transactions is not None:
+            await self._transactions.close()
+        self._settle_waiters()
+        while self._waiters:
+            _, receipt = self._waiters.popleft()
+            if not receipt.done():
+                receipt.set_exception(SpoolError("closed before the broker acknowledged"))
+                receipt.exception()  # the waiter may be gone
         await asyncio.to_thread(self._spool.close)
         self._spool = None
 
@@ -311,6 +410,7 @@ class KafkaSink(Sink):
         if done:
             await asyncio.to_thread(spool.ack_through, records[done - 1][0])
             self._deliveries.inc(delivered)
+            self._settle_waiters()
         if error is None:
             if self._failing_since is not None:
                 log.info("kafka_sink_recovered", spool_alerts=spool.depth)
@@ -360,24 +460,12 @@ class KafkaSink(Sink):
             # it still complete, so the done prefix stays exact.
             error = err
         results = await asyncio.gather(*futures, return_exceptions=True)
-        done = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), len(results))
-        if done < len(results):
-            failed = results[done]
-            assert isinstance(failed, BaseException)
-            error = failed
-        skipped = sum(1 for r in results[:done] if r is _SKIPPED)
-        return done, done - skipped, error
+        done, delivered, failed = done_prefix(results)
+        return done, delivered, failed if failed is not None else error
 
     async def _connected(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(**self._options())
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise
-            self._producer = producer
+            self._producer = await started_producer(self._options())
         return self._producer
 
     async def _drop_producer(self) -> None:
@@ -388,7 +476,9 @@ class KafkaSink(Sink):
 
     def _options(self) -> dict[str, Any]:
         config = self.config
-        options = client_options(config.bootstrap_servers, config.tls, config.sasl, key=CONFIG_KEY)
+        options = client_options(
+            config.bootstrap_servers, config.tls, config.sasl, key=CONFIG_KEY, metrics=self.metrics
+        )
         options.update(
             client_id=config.client_id,
             acks="all" if config.acks == "all" else int(config.acks),
@@ -407,11 +497,26 @@ class KafkaSink(Sink):
             self._progress.notify_all()
 
 
-_SKIPPED = object()
+#: The result of a record that was dropped (too large), not sent.
+SKIPPED = object()
 
 
 def _skipped() -> asyncio.Future[Any]:
     """A finished future standing in for a record that was dropped, not sent."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_result(_SKIPPED)
+    future.set_result(SKIPPED)
     return future
+
+
+def done_prefix(results: Sequence[object]) -> tuple[int, int, BaseException | None]:
+    """From the per-record outcomes of one batch, in spool order (a broker
+    acknowledgement, ``SKIPPED``, or an exception): how many records from
+    the first are done, how many of those were delivered (not skipped), and
+    the first failure.  Only that prefix may be acknowledged in the spool:
+    a record after a failure may have reached the broker, but acknowledging
+    it would also acknowledge the failed one before it."""
+    done = next((i for i, r in enumerate(results) if isinstance(r, BaseException)), len(results))
+    failed = results[done] if done < len(results) else None
+    assert failed is None or isinstance(failed, BaseException)
+    skipped = sum(1 for r in results[:done] if r is SKIPPED)
+    return done, done - skipped, failed

@@ -15,20 +15,25 @@ section of the config before the sink sees an alert:
 A window opens with the first alert sent and closes ``window_seconds`` later
 (by the background task, on ``flush``, or when the next identical alert
 arrives after it); the next identical alert after that is sent again and
-opens a new window.  Open windows are capped: past ``max_windows`` the oldest
-is closed early (its summary sent), so a flood of distinct keys costs
-bounded memory.
+opens a new window.  Open windows are capped in count (``dedup.max_windows``)
+and in the bytes of the alerts they keep for their summaries
+(``dedup.max_bytes``): past either, the oldest is closed early (its summary
+sent), so a flood of distinct or huge alerts costs bounded memory.  Window
+keys are fixed-size digests of the rule, source and key values, so a huge
+key value costs 16 bytes, not its size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from eventd.alerts import Alert
@@ -36,24 +41,29 @@ from eventd.config import SinkConfig
 from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
-from eventd.sinks.base import Sink
+from eventd.sinks.base import Receipt, Sink
+
+if TYPE_CHECKING:
+    from eventd.kafka_client import ConsumedOffsets
 
 log = structlog.get_logger(__name__)
 
-#: Open dedup windows kept per sink (one per distinct rule + key values).
-DEFAULT_MAX_WINDOWS = 10_000
 _SUMMARY_NAMESPACE = uuidlib.UUID("5c0f7b0e-2a61-4d8e-b7f4-3e9d2c1a6b58")
 
 
-def hashable(value: Any) -> Hashable:
-    """A hashable, order-insensitive-for-mappings copy of a JSON-like value."""
-    if isinstance(value, dict):
-        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return tuple(hashable(v) for v in value)
+def _json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset):
-        return tuple(sorted(map(repr, value)))
-    return value
+        return sorted(map(repr, value))
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
+def dedup_key(parts: Sequence[Any]) -> bytes:
+    """A 16-byte digest of JSON-like ``parts``; mappings compare regardless of
+    key order, so ``{a, b}`` and ``{b, a}`` are the same key."""
+    encoded = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS, default=_json_default)
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -62,6 +72,7 @@ class _Window:
     closes_at: float  # on the policy's clock
     repeats: int = 0
     last_seen_ns: int = 0
+    size: int = 0  # bytes of ``first``, counted against ``dedup.max_bytes``
 
 
 class PolicySink(Sink):
@@ -73,20 +84,24 @@ class PolicySink(Sink):
         config: SinkConfig,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
-        *,
-        max_windows: int = DEFAULT_MAX_WINDOWS,
     ) -> None:
         self.inner = inner
         self.name = inner.name
+        self.durable = inner.durable
+        self.transactional = inner.transactional
+        self.concurrency = inner.concurrency
+        self.max_call = inner.max_call
         self._clock = clock
         self._min_priority = Priority.parse(config.min_priority)
         self._rules = frozenset(config.rules)
         self._tags = frozenset(config.tags)
         self._sources = frozenset(config.sources)
         self._dedup = config.dedup
-        self._max_windows = max_windows
+        #: Bounds of the sink's lane (``sinks/lane.py``).
+        self.buffer = config.buffer
         # Insertion order is closing order: every window has the same length.
-        self._windows: dict[Hashable, _Window] = {}
+        self._windows: dict[bytes, _Window] = {}
+        self._window_bytes = 0
         self._ticker: asyncio.Task[None] | None = None
         self._m_filtered = metrics.sink_filtered.labels(self.name, "filter")
         self._m_duplicate = metrics.sink_filtered.labels(self.name, "duplicate")
@@ -102,23 +117,26 @@ class PolicySink(Sink):
         if not self.accepts(alert):
             self._m_filtered.inc()
             return
-        if self._dedup is None:
+        if self._dedup is None or await self._first_of_window(alert):
             await self.inner.send(alert)
-            return
-        key = self._key(alert)
-        now = self._clock()
-        window = self._windows.get(key)
-        if window is not None and now < window.closes_at:
-            window.repeats += 1
-            window.last_seen_ns = max(window.last_seen_ns, alert.time_ns)
-            self._m_duplicate.inc()
-            return
-        if window is not None:
-            await self._close(key)
-        elif len(self._windows) >= self._max_windows:
-            await self._close(next(iter(self._windows)))
-        self._windows[key] = _Window(alert, now + self._dedup.window_seconds, 0, alert.time_ns)
-        await self.inner.send(alert)
+
+    async def send_many(self, alerts: Sequence[Alert]) -> Receipt:
+        kept = await self._kept(alerts)
+        return await self.inner.send_many(kept) if kept else None
+
+    async def send_transaction(self, alerts: Sequence[Alert], consumed: ConsumedOffsets) -> None:
+        # Even with no alert left: the transaction commits the input offsets.
+        await self.inner.send_transaction(await self._kept(alerts), consumed)
+
+    async def _kept(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """The alerts the filters take and dedup lets through, in order."""
+        kept = []
+        for alert in alerts:
+            if not self.accepts(alert):
+                self._m_filtered.inc()
+            elif self._dedup is None or await self._first_of_window(alert):
+                kept.append(alert)
+        return kept
 
     async def flush(self) -> None:
         await self._close_due()
@@ -136,6 +154,15 @@ class PolicySink(Sink):
     def healthy(self) -> bool:
         return self.inner.healthy()
 
+    def accepting(self) -> bool:
+        return self.inner.accepting()
+
+    async def probe(self) -> None:
+        await self.inner.probe()
+
+    def reopen(self) -> None:
+        self.inner.reopen()
+
     # ------------------------------------------------------------------ policy
 
     def accepts(self, alert: Alert) -> bool:
@@ -147,10 +174,29 @@ class PolicySink(Sink):
             and (not self._tags or not self._tags.isdisjoint(alert.tags))
         )
 
-    def _key(self, alert: Alert) -> Hashable:
-        assert self._dedup is not None
-        ctx = alert.context
-        return (alert.rule, alert.source, *(hashable(ctx.get(k)) for k in self._dedup.keys))
+    async def _first_of_window(self, alert: Alert) -> bool:
+        """Dedup: True if ``alert`` opens a window (send it), False if it
+        repeats an open one (counted for the summary)."""
+        dedup = self._dedup
+        assert dedup is not None
+        key = dedup_key([alert.rule, alert.source, *(alert.context.get(k) for k in dedup.keys)])
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now < window.closes_at:
+            window.repeats += 1
+            window.last_seen_ns = max(window.last_seen_ns, alert.time_ns)
+            self._m_duplicate.inc()
+            return False
+        if window is not None:
+            await self._close(key)
+        size = len(alert.to_json())
+        while self._windows and (
+            len(self._windows) >= dedup.max_windows or self._window_bytes + size > dedup.max_bytes
+        ):
+            await self._close(next(iter(self._windows)))
+        self._windows[key] = _Window(alert, now + dedup.window_seconds, 0, alert.time_ns, size)
+        self._window_bytes += size
+        return True
 
     async def _close_due(self) -> None:
         now = self._clock()
@@ -160,8 +206,9 @@ class PolicySink(Sink):
                 break
             await self._close(key)
 
-    async def _close(self, key: Hashable) -> None:
+    async def _close(self, key: bytes) -> None:
         window = self._windows.pop(key)
+        self._window_bytes -= window.size
         if window.repeats and self._dedup is not None and self._dedup.summary:
             await self.inner.send(self._summary(window))
 

@@ -20,11 +20,12 @@ from typing import Any
 import orjson
 
 from eventd.alerts import Alert
-from eventd.config import SlackSinkConfig
+from eventd.checks import client_tls_files
+from eventd.config import ConfigError, SlackSinkConfig
 from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
-from eventd.secretfile import SecretFile
+from eventd.secretfile import SecretFile, check_http_url
 from eventd.sinks.http_delivery import HttpSink
 
 #: Priority -> (emoji shortcode, attachment colour).
@@ -119,9 +120,15 @@ class SlackSink(HttpSink):
     name = "slack"
 
     def __init__(self, config: SlackSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
-        super().__init__(config, metrics, **kwargs)
+        client_tls_files(config.tls, "sinks.slack.tls")
+        try:
+            super().__init__(config, metrics, **kwargs)
+        except OSError as err:  # ssl.SSLError: the files are there but not usable PEM
+            raise ConfigError("sinks.slack.tls", f"cannot load TLS files: {err}") from None
         self._username = config.username
-        self._url = SecretFile(config.webhook_url_file, "sinks.slack.webhook_url_file")
+        self._url = SecretFile(
+            config.webhook_url_file, "sinks.slack.webhook_url_file", metrics, check=check_http_url
+        )
 
     @property
     def url(self) -> str:

@@ -21,8 +21,12 @@ Whole segments are deleted once every record in them is acknowledged.
 
 Recovery: opening replays every segment and verifies each record's CRC.  A
 torn tail (a power loss mid-write) is truncated, garbage in the middle of a
-segment is skipped by searching for the next valid header, and each such
-region is counted (``sink_dropped{reason="spool_corrupt"}``); the spool never
+segment is skipped by searching for the next valid header, entries that
+cannot be read (a segment, ``ack`` or ``lock`` that is a directory) are moved
+aside as ``<name>.corrupt``, and an ``ack`` past every record on disk is not
+trusted.  Every unacknowledged record that is missing is counted
+(``sink_dropped{reason="spool_corrupt"}``), from the gaps in the sequence
+numbers, once (the ``gaps`` file remembers what was counted); the spool never
 refuses to open because of its content.
 
 Durability trade-off: every append is one ``pwrite`` into the page cache, so a
@@ -38,6 +42,11 @@ Size: the bound is on the bytes of unacknowledged records (headers
 included).  Acknowledged records stay on disk until their segment is freed,
 so the directory can hold up to one segment more than ``max_bytes``.
 
+Full: with the ``block`` policy (the default) a record that does not fit,
+or that the disk refuses, is not stored and ``append`` raises ``SpoolFull``;
+the sink waits and the inputs are pushed back, so nothing is lost.
+``drop_oldest``/``drop_newest`` keep accepting and drop (counted) instead.
+
 Thread safety: every public method takes one lock; the asyncio side calls
 them through ``asyncio.to_thread``.
 """
@@ -47,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import struct
 import threading
@@ -62,7 +72,7 @@ from eventd.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
-FullPolicy = Literal["drop_oldest", "drop_newest"]
+FullPolicy = Literal["block", "drop_oldest", "drop_newest"]
 
 MAGIC = b"EvS1"
 #: magic, payload length, crc32(sequence + payload), sequence
@@ -78,6 +88,19 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 class SpoolError(Exception):
     """The spool directory cannot be used (another process holds it)."""
+
+
+class SpoolFull(Exception):
+    """``block`` policy: the record was not stored, there is no room now.
+
+    ``reason`` is ``spool_full`` (``max_bytes`` reached) or ``disk_full``
+    (the filesystem refused the write).  The caller waits for
+    acknowledgements (or the disk) to make room and tries again.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -107,12 +130,14 @@ def _parse_at(data: bytes, pos: int, after_seq: int) -> tuple[int, int] | None:
     return seq, end
 
 
-def scan_segment(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
+def scan_segment(data: bytes, after_seq: int = -1) -> tuple[list[tuple[int, int, int]], int]:
     """Valid records ``(offset, end, sequence)`` in ``data`` and the number of
-    corrupt regions skipped (a torn tail is one region)."""
+    corrupt regions skipped (a torn tail is one region).  Sequences must grow
+    and exceed ``after_seq`` (the last one of the previous segment): a record
+    that repeats an older sequence is damage, never a second delivery."""
     records: list[tuple[int, int, int]] = []
     regions = 0
-    pos, last_seq = 0, -1
+    pos, last_seq = 0, after_seq
     while pos < len(data):
         parsed = _parse_at(data, pos, last_seq)
         if parsed is None:
@@ -123,6 +148,113 @@ def scan_segment(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
         records.append((pos, end, seq))
         pos, last_seq = end, seq
     return records, regions
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What recovery found in one segment file."""
+
+    base: int
+    path: Path
+    #: Valid records ``(offset, end, sequence)``, contiguous from 0 once repaired.
+    records: list[tuple[int, int, int]]
+    #: Corrupt regions (an unreadable file is one).
+    regions: int
+    #: False when the file could not be read or repaired (and was moved aside).
+    usable: bool
+    #: A corrupt region follows the last valid record (a torn tail).
+    tail_damaged: bool = False
+
+
+#: Gaps already counted, written by recovery only (see ``Spool._read_gaps``).
+_GAPS_FILE = "gaps"
+
+
+def _frontier(scans: list[_Scan]) -> int | None:
+    """One past the newest sequence known to have been appended: the newest
+    valid record, or the base of a segment (every record before a segment's
+    base was appended before the segment was created).  None without any
+    valid record: nothing on disk to trust."""
+    if not scans:
+        return None
+    return max(max(s.records[-1][2] + 1, s.base) for s in scans)
+
+
+def _damaged_past(scan: _Scan, frontier: int | None) -> bool:
+    """Damage after the newest evidence of an append, which no gap count
+    covers: a torn tail after the newest record, or a damaged segment with no
+    valid record that is not before a later one.  It cost at least one record."""
+    if not scan.regions:
+        return False
+    if scan.records:
+        return scan.tail_damaged and scan.records[-1][2] + 1 == frontier
+    return frontier is None or scan.base >= frontier
+
+
+def _gaps(seqs: list[int], floor: int, frontier: int) -> list[tuple[int, int]]:
+    """The ranges ``[start, end)`` of ``[floor, frontier)`` missing from the
+    increasing ``seqs``."""
+    out: list[tuple[int, int]] = []
+    expected = floor
+    for seq in seqs:
+        if seq > expected:
+            out.append((expected, seq))
+        expected = max(expected, seq + 1)
+    if frontier > expected:
+        out.append((expected, frontier))
+    return out
+
+
+def _uncovered(gaps: list[tuple[int, int]], known: list[tuple[int, int]]) -> int:
+    """How many sequences of ``gaps`` are in none of the ``known`` ranges
+    (each list made of disjoint ranges)."""
+    total = sum(end - start for start, end in gaps)
+    for start, end in gaps:
+        for a, b in known:
+            total -= max(0, min(end, b) - max(start, a))
+    return total
+
+
+def _merge(ranges: list[tuple[int, int]], *, above: int) -> list[tuple[int, int]]:
+    """``ranges`` merged into disjoint sorted ones, cut to sequences >= ``above``."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted((max(a, above), b) for a, b in ranges if b > above):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _contiguous(records: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``records`` as they are once packed together from offset 0."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    for start, end, seq in records:
+        out.append((pos, pos + end - start, seq))
+        pos += end - start
+    return out
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _restore_mode(path: Path) -> None:
+    """Give a spool file of ours (created 0600) its permissions back; raises
+    ``OSError`` if it is not ours to change."""
+    os.chmod(path, 0o600)
+    log.warning("spool_file_mode_restored", file=path.name)
+
+
+def _read_own(path: Path) -> bytes:
+    """The content of a spool file, restoring its permissions once if they
+    were taken away: its records are recoverable, not lost."""
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        _restore_mode(path)
+        return path.read_bytes()
 
 
 def _resync(data: bytes, start: int, after_seq: int) -> int:
@@ -151,7 +283,7 @@ class Spool:
     ) -> None:
         if max_bytes <= HEADER_SIZE:
             raise ValueError(f"spool max_bytes must exceed {HEADER_SIZE}")
-        if full_policy not in ("drop_oldest", "drop_newest"):
+        if full_policy not in ("block", "drop_oldest", "drop_newest"):
             raise ValueError(f"unknown spool full policy {full_policy!r}")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
@@ -206,11 +338,27 @@ class Spool:
         """Bytes of those records, headers included: what ``max_bytes`` bounds."""
         return self._bytes
 
+    @property
+    def head(self) -> int:
+        """Position of the oldest record not acknowledged (or dropped) yet:
+        every record before it is done with."""
+        return self._head
+
+    @property
+    def next_position(self) -> int:
+        """The position the next appended record gets."""
+        return self._next_seq
+
     def append(self, record: bytes) -> bool:
-        """Store ``record`` durably (see the fsync policy); False if it was dropped."""
+        """Store ``record`` durably (see the fsync policy); False if it was
+        dropped.  With the ``block`` policy a record that does not fit now
+        raises ``SpoolFull`` instead (one larger than the whole spool is
+        dropped: it could never fit)."""
         framed = HEADER_SIZE + len(record)
         with self._lock:
             self._check_open()
+            if self.full_policy == "block" and framed <= self.max_bytes < self._bytes + framed:
+                raise SpoolFull("spool_full")
             if framed > self.max_bytes or (
                 self._bytes + framed > self.max_bytes and self.full_policy == "drop_newest"
             ):
@@ -226,11 +374,13 @@ class Spool:
                 self._write(_frame(self._next_seq, record))
             except OSError as err:
                 reason = "disk_full" if err.errno in _DISK_FULL else "io_error"
-                self._dropped[reason].inc()
                 if not self._write_failing:
                     log.warning("spool_write_failed", sink=self.name, reason=reason, error=str(err))
                 self._write_failing = True
                 self._publish()
+                if self.full_policy == "block":
+                    raise SpoolFull(reason) from None
+                self._dropped[reason].inc()
                 return False
             if self._write_failing:
                 log.info("spool_write_recovered", sink=self.name)
@@ -306,9 +456,27 @@ class Spool:
             raise SpoolError(f"spool {self.directory} is closed")
 
     # -------------------------------------------------------------- recovery
+    #
+    # Recovery never refuses a damaged spool: whatever cannot be read is
+    # moved aside (``<name>.corrupt``, kept for a human) or cut out, and
+    # every record that should be there and is not is counted under
+    # ``sink_dropped{reason="spool_corrupt"}``.  Which records should be
+    # there follows from the sequence numbers: they only grow, a segment is
+    # named after the first sequence it holds, and every record from the
+    # acknowledged head up to the newest one seen (or up to the base of a
+    # later segment) was appended.  A gap in that range is a loss, counted
+    # exactly; damage after the newest evidence (a torn tail, an unreadable
+    # last segment) counts as one record, the least it can have cost.
 
     def _take_lock(self) -> int:
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        """The directory lock.  A lock file that is a directory is moved aside
+        (no eventd can hold a lock on it); one of ours without permissions gets
+        them back; anything else is a clean ``SpoolError``, not a traceback."""
+        path = self.directory / LOCK_FILE
+        try:
+            fd = self._open_lock(path)
+        except OSError as err:
+            raise SpoolError(f"spool {self.directory}: cannot open {LOCK_FILE}: {err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -316,61 +484,212 @@ class Spool:
             raise SpoolError(f"spool {self.directory} is in use by another process") from None
         return fd
 
+    def _open_lock(self, path: Path) -> int:
+        try:
+            return _open_lock(path)
+        except IsADirectoryError:
+            self._quarantine(path, why="lock file is a directory")
+        except PermissionError:
+            _restore_mode(path)
+        return _open_lock(path)
+
     def _recover(self) -> None:
-        self._head = self._read_head()
-        for stale in self.directory.glob("*.tmp"):
-            stale.unlink()
-        paths = []
-        for path in self.directory.glob(f"*{SEGMENT_SUFFIX}"):
-            with contextlib.suppress(ValueError):
-                paths.append((int(path.stem), path))
-        last_seq = -1
-        for base, path in sorted(paths):
-            records, regions = scan_segment(path.read_bytes())
-            if regions:
-                self._count_corrupt(regions, segment=path.name, kept=len(records))
-                self._repair(path, records)
-                records, _ = scan_segment(path.read_bytes())
-            if records:
-                last_seq = max(last_seq, records[-1][2])
-            live = [(start, end) for start, end, seq in records if seq >= self._head]
-            if not live:
-                path.unlink()
-                continue
-            if not self._segments:
-                self._cursor = live[0][0]
-            self._segments.append(_Segment(base, path, records[-1][1]))
-            self._depth += len(live)
-            self._bytes += sum(end - start for start, end in live)
-        self._next_seq = max(self._head, last_seq + 1)
+        head, ack = self._read_head()
+        self._remove_temporaries()
+        scans = self._scan_segments()
+        with_records = [s for s in scans if s.records]
+        frontier = _frontier(with_records)
+        if ack == "ok" and frontier is not None and head > frontier:
+            # A position past every record on disk: either the ack file is
+            # wrong or the newest segments are gone.  Redeliver what is here.
+            ack = self._damaged_ack(f"acknowledged position {head} is past the end ({frontier})")
+        if ack != "ok":
+            head = 0
+        known = self._read_gaps()
+        gaps = self._count_lost(scans, head if ack == "ok" else None, frontier, known)
+        self._adopt(scans, head)
+        # Persisted so that the same damage is not counted again at the next start.
+        if ack == "corrupt" or self._head != head:
+            self._persist_head()
+        self._write_gaps(known, _merge(known + gaps, above=self._head))
         if self._depth:
             log.info("spool_replayed", sink=self.name, alerts=self._depth, bytes=self._bytes)
 
-    def _read_head(self) -> int:
+    def _read_head(self) -> tuple[int, Literal["ok", "corrupt"]]:
+        """The acknowledged position and whether it can be trusted.  Without a
+        trusted position everything kept is redelivered: duplicates, no loss."""
+        path = self.directory / ACK_FILE
         try:
-            data = (self.directory / ACK_FILE).read_bytes()
+            data = _read_own(path)
         except FileNotFoundError:
-            return 0
+            # Every acknowledgement writes the file: none means none yet
+            # (or a lost file: then counting from 0 errs on the side of "lost").
+            return 0, "ok"
+        except OSError as err:
+            self._quarantine(path, why=str(err))
+            return 0, self._damaged_ack(f"unreadable: {err}")
         if len(data) == _ACK.size:
             head, crc = _ACK.unpack(data)
             if zlib.crc32(data[:8]) == crc:
-                return head
-        # Without a valid position everything kept is redelivered: duplicates, no loss.
-        self._count_corrupt(1, segment=ACK_FILE, kept=0)
-        return 0
+                return head, "ok"
+        return 0, self._damaged_ack(f"damaged ({len(data)} bytes)")
 
-    def _count_corrupt(self, regions: int, *, segment: str, kept: int) -> None:
-        self.corrupt_regions += regions
-        self._dropped["spool_corrupt"].inc(regions)
-        log.warning("spool_corrupt", sink=self.name, file=segment, regions=regions, records_kept=kept)
+    def _damaged_ack(self, why: str) -> Literal["corrupt"]:
+        """Count an acknowledged position that cannot be trusted."""
+        self.corrupt_regions += 1
+        self._count_corrupt(1, file=ACK_FILE, why=why)
+        return "corrupt"
 
-    def _repair(self, path: Path, records: list[tuple[int, int, int]]) -> None:
-        """Leave only the valid records in ``path`` (a truncation for a torn tail)."""
-        contiguous = all(records[i][0] == (records[i - 1][1] if i else 0) for i in range(len(records)))
-        if contiguous:
-            os.truncate(path, records[-1][1] if records else 0)
+    def _remove_temporaries(self) -> None:
+        """Leftovers of an interrupted write; a directory of that name would
+        block the next write, so it is moved aside."""
+        for stale in self.directory.glob("*.tmp"):
+            try:
+                stale.unlink()
+            except IsADirectoryError:
+                self._quarantine(stale, why="temporary file is a directory")
+            except OSError as err:
+                log.warning("spool_stray_file", sink=self.name, file=stale.name, error=str(err))
+
+    def _scan_segments(self) -> list[_Scan]:
+        """Every segment, oldest first, with its valid records (repaired so
+        that they are contiguous from offset 0, as ``peek`` expects)."""
+        paths = sorted(
+            (int(path.stem), path)
+            for path in self.directory.glob(f"*{SEGMENT_SUFFIX}")
+            if path.stem.isascii() and path.stem.isdigit()
+        )
+        scans: list[_Scan] = []
+        last_seq = -1
+        for base, path in paths:
+            scan = self._scan_one(base, path, last_seq)
+            if scan.records:
+                last_seq = scan.records[-1][2]
+            scans.append(scan)
+        return scans
+
+    def _scan_one(self, base: int, path: Path, after_seq: int) -> _Scan:
+        """One segment's valid records, with sequences above ``after_seq`` (a
+        copy of older records is damage too, never a second delivery)."""
+        try:
+            data = _read_own(path)
+        except OSError as err:
+            self._quarantine(path, why=str(err))
+            return _Scan(base, path, [], regions=1, usable=False)
+        records, regions = scan_segment(data, after_seq)
+        if not regions:
+            return _Scan(base, path, records, regions=0, usable=True)
+        torn = not records or records[-1][1] < len(data)
+        log.warning("spool_corrupt_regions", sink=self.name, file=path.name, regions=regions)
+        try:
+            self._repair(path, data, records)
+        except OSError as err:
+            self._quarantine(path, why=f"cannot repair: {err}")
+            return _Scan(base, path, [], regions=regions, usable=False)
+        return _Scan(base, path, _contiguous(records), regions, usable=True, tail_damaged=torn)
+
+    def _count_lost(
+        self, scans: list[_Scan], head: int | None, frontier: int | None, known: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Count the records that should be on disk and are not (see above),
+        except those in ``known`` gaps (counted at an earlier start); return
+        the gaps.  ``head`` is None when the acknowledged position is unknown:
+        then only gaps above the oldest surviving segment can be told from
+        acknowledged records that were freed."""
+        self.corrupt_regions += sum(s.regions for s in scans)
+        gaps: list[tuple[int, int]] = []
+        if frontier is not None:
+            # Without a trusted head, a damaged segment's records count from
+            # its base: whether they had been acknowledged is unknowable.
+            floor = head if head is not None else min(s.base for s in scans if s.records or s.regions)
+            gaps = _gaps([seq for s in scans for _, _, seq in s.records], floor, frontier)
+        lost = _uncovered(gaps, known) + sum(1 for scan in scans if _damaged_past(scan, frontier))
+        if lost:
+            self._count_corrupt(lost, file=self.directory.name, why="records missing or unreadable")
+        return gaps
+
+    def _read_gaps(self) -> list[tuple[int, int]]:
+        """Gaps counted at an earlier start (``[start, end)`` sequences).  A
+        damaged file only means they are counted again."""
+        path = self.directory / _GAPS_FILE
+        try:
+            ranges = json.loads(_read_own(path))
+            return _merge([(int(a), int(b)) for a, b in ranges], above=-1)
+        except FileNotFoundError:
+            return []
+        except IsADirectoryError:
+            self._quarantine(path, why="gaps file is a directory")
+        except (OSError, ValueError, TypeError) as err:
+            log.warning("spool_gaps_unreadable", sink=self.name, error=str(err))
+        return []
+
+    def _write_gaps(self, before: list[tuple[int, int]], after: list[tuple[int, int]]) -> None:
+        if after == before:
             return
-        data = path.read_bytes()
+        path = self.directory / _GAPS_FILE
+        try:
+            if not after:
+                path.unlink(missing_ok=True)
+                return
+            tmp = path.with_name(_GAPS_FILE + ".tmp")
+            tmp.write_text(json.dumps(after))
+            os.replace(tmp, path)
+        except OSError as err:  # only costs counting the same gap again
+            log.warning("spool_gaps_write_failed", sink=self.name, error=str(err))
+
+    def _adopt(self, scans: list[_Scan], head: int) -> None:
+        """Take the surviving records at or after ``head`` as the spool's
+        content; delete segments with none.  The head moves to the oldest
+        of them: lost records are counted once, not at every start."""
+        last_seq = -1
+        for scan in scans:
+            if not scan.usable:
+                continue
+            if scan.records:
+                last_seq = scan.records[-1][2]
+            live = [(start, end) for start, end, seq in scan.records if seq >= head]
+            if not live:
+                with contextlib.suppress(OSError):
+                    scan.path.unlink()
+                continue
+            if not self._segments:
+                self._cursor = live[0][0]
+                self._head = next(seq for _, _, seq in scan.records if seq >= head)
+            self._segments.append(_Segment(scan.base, scan.path, scan.records[-1][1]))
+            self._depth += len(live)
+            self._bytes += sum(end - start for start, end in live)
+        self._next_seq = max(head, last_seq + 1)
+        if not self._segments:
+            self._head = self._next_seq
+
+    def _count_corrupt(self, records: int, *, file: str, why: str) -> None:
+        self._dropped["spool_corrupt"].inc(records)
+        log.warning("spool_corrupt", sink=self.name, file=file, records_lost=records, reason=why)
+
+    def _quarantine(self, path: Path, *, why: str) -> None:
+        """Move a damaged entry out of the spool's names (``<name>.corrupt``),
+        kept for a human; one that cannot be moved is only logged."""
+        for n in range(10):
+            target = path.with_name(f"{path.name}.corrupt" + (f".{n}" if n else ""))
+            with contextlib.suppress(OSError):  # e.g. a file cannot replace a directory: next name
+                os.replace(path, target)
+                log.warning(
+                    "spool_file_moved_aside", sink=self.name, file=path.name, to=target.name, reason=why
+                )
+                return
+        log.warning("spool_file_unusable", sink=self.name, file=path.name, reason=why)
+
+    def _repair(self, path: Path, data: bytes, records: list[tuple[int, int, int]]) -> None:
+        """Leave only the valid records in ``path`` (a truncation for a torn tail),
+        durably: a repair lost in a machine crash would be counted again."""
+        if _contiguous(records) == records:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, records[-1][1] if records else 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as out:
             for start, end, _ in records:

@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventd.alerts import Alert
+from eventd.checks import client_tls_files
 from eventd.config import ConfigError, WebhookSinkConfig
 from eventd.metrics import Metrics
-from eventd.secretfile import SecretFile
+from eventd.secretfile import SecretFile, secret_url
 from eventd.sinks.http_delivery import HttpSink
 
 TIMESTAMP_HEADER = "X-Eventd-Timestamp"
@@ -46,12 +47,18 @@ class WebhookSink(HttpSink):
     def __init__(self, config: WebhookSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
         if not config.url:
             raise ConfigError("sinks.webhook.url", "required when the webhook sink is enabled")
-        super().__init__(config, metrics, **kwargs)
-        self._url = config.url
+        client_tls_files(config.tls, "sinks.webhook.tls")
+        try:
+            super().__init__(config, metrics, **kwargs)
+        except OSError as err:  # ssl.SSLError: the files are there but not usable PEM
+            raise ConfigError("sinks.webhook.tls", f"cannot load TLS files: {err}") from None
+        self._url = secret_url(config.url, "sinks.webhook.url", bearer_token=config.token_file is not None)
         self._signature_header = config.signature_header
-        self._token = SecretFile(config.token_file, "sinks.webhook.token_file") if config.token_file else None
+        self._token = (
+            SecretFile(config.token_file, "sinks.webhook.token_file", metrics) if config.token_file else None
+        )
         self._hmac = (
-            SecretFile(config.hmac_secret_file, "sinks.webhook.hmac_secret_file")
+            SecretFile(config.hmac_secret_file, "sinks.webhook.hmac_secret_file", metrics)
             if config.hmac_secret_file
             else None
         )

@@ -23,6 +23,10 @@ Where reading starts:
 * a checkpoint exists: exactly there; if that file was rotated while eventd
   was down it is found among the backups (device and inode, else content
   fingerprint), finished, then every newer backup, then the live file;
+* a checkpoint that is unusable (garbage, empty, bad CRC, a directory,
+  unreadable): the live file from its start (every backup first with
+  ``backfill``), logged with the checkpoint's name and counted in
+  ``eventd_checkpoint_unusable_total``; the damaged file is moved aside;
 * no checkpoint and ``backfill``: every backup, oldest first, then the live
   file from its start;
 * otherwise: the end of the live file, so only new events (the first save
@@ -41,6 +45,7 @@ from typing import Any
 
 import structlog
 
+from eventd.checks import input_file
 from eventd.config import AuditLogConfig
 from eventd.events.decode import decode_document
 from eventd.events.dedup import RecentKeys, drop_duplicates
@@ -48,7 +53,7 @@ from eventd.events.errors import DecodeError
 from eventd.events.model import Event
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet, Source
-from eventd.sources.checkpoint import Checkpoint, CheckpointStore
+from eventd.sources.checkpoint import Checkpoint, CheckpointStore, Unusable
 from eventd.sources.linereader import (
     Backup,
     GzipLog,
@@ -80,6 +85,7 @@ class AuditLogSource(Source):
     def __init__(
         self, config: AuditLogConfig, metrics: Metrics, *, drain_timeout: float = DRAIN_TIMEOUT_SECONDS
     ) -> None:
+        input_file(config.path, f"sources.{self.name}.path", must_exist=False)  # followed: may come later
         self.config = config
         self._metrics = metrics
         self._drain_timeout = drain_timeout
@@ -174,7 +180,10 @@ class AuditLogSource(Source):
         for a first start (module docstring)."""
         resume = self._commits.committed
         if resume is None and self._store is not None:
-            resume = self._store.load()
+            loaded = self._store.load()
+            if isinstance(loaded, Unusable):
+                return await self._reread(loaded)
+            resume = loaded
         if resume is not None:
             file = self._locate(resume)
             if file is not None:
@@ -188,6 +197,23 @@ class AuditLogSource(Source):
         except FileNotFoundError:
             return await self._open_next(None, backups=False)
         return self._opened(file)
+
+    async def _reread(self, unusable: Unusable) -> LogFile | None:
+        """Start over after an unusable checkpoint: the live file from its
+        start (every backup first with ``backfill``).  Starting at the end, as
+        a first start does, would skip what was written while eventd was
+        down; re-reading costs duplicates with the same alert uuid, and the
+        dedup table drops those the source already saw in this process."""
+        assert self._store is not None
+        self._metrics.checkpoint_unusable.labels(self.name, unusable.reason).inc()
+        self._log.warning(
+            "audit_log_checkpoint_reread",
+            checkpoint=str(self._store.path),
+            reason=unusable.reason,
+            error=unusable.error,
+            moved_to=str(unusable.moved_to) if unusable.moved_to else None,
+        )
+        return await self._open_next(None, backups=self.config.backfill)
 
     def _locate(self, cp: Checkpoint) -> LogFile | None:
         """Open the file ``cp`` points into, at its offset; None if it is gone."""

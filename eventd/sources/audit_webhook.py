@@ -6,12 +6,17 @@ out of order and more than once.  Hence:
 
 * events are deduplicated on ``(auditID, stage)`` over
   ``dedup_window_seconds``, whatever order they come in;
-* a batch is answered ``200`` only once the pipeline took it, and ``503``
-  with ``Retry-After`` when the pipeline is full;
-* events of a refused batch are *not* remembered as seen, otherwise the
-  retry the 503 asks for would be dropped as a duplicate.  Checking,
-  offering and (on refusal) forgetting happen without an ``await`` in
-  between, so concurrent requests on the event loop cannot interleave there.
+* a batch is answered ``200`` only once its alerts are safe (every durable
+  sink accepted them; see ``sources/base.py``), ``503`` with
+  ``Retry-After`` when the pipeline is full or that takes too long;
+* an event counts as seen (a later copy is a duplicate) only once its
+  batch is done: while the batch is in flight its identities are claimed,
+  and a batch that fails or times out releases them, so the retry the 503
+  asks for is processed, not dropped as a duplicate of alerts that were
+  never made safe.  A copy arriving while the first is still in flight is
+  processed too (at-least-once; its alerts carry the same ``uuid``).
+  Checking and offering happen without an ``await`` in between, so
+  concurrent requests on the event loop cannot interleave there.
 
 Beyond ``EventList`` a single ``Event`` or a JSON array of either is
 accepted (both API versions, ``audit.k8s.io/v1`` and ``v1beta1``).  Events
@@ -28,10 +33,10 @@ from aiohttp import web
 
 from eventd.config import AuditWebhookConfig
 from eventd.events.audit import audit_events
-from eventd.events.dedup import RecentKeys, audit_key, drop_duplicates
+from eventd.events.dedup import RecentKeys, new_events
 from eventd.events.errors import DecodeError
-from eventd.events.model import Event
 from eventd.metrics import Metrics
+from eventd.sources import http_input
 from eventd.sources.base import Batch, Inlet
 from eventd.sources.http_input import (
     HttpInput,
@@ -56,29 +61,45 @@ class AuditWebhookSource(HttpInput):
 
     async def _accept(self, document: Any, inlet: Inlet) -> web.Response:
         try:
-            events, errors = audit_events(document, origin="webhook")
+            if _large(document):  # on a thread: the event loop keeps serving meanwhile
+                events, errors = await asyncio.to_thread(audit_events, document, origin="webhook")
+            else:
+                events, errors = audit_events(document, origin="webhook")
         except DecodeError as err:
             raise Rejected(400, err.reason, str(err)) from None
-        kept, duplicates = drop_duplicates(events, self._recent)
-        batch = Batch(kept, self.name, done=asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        budget = http_input.DELIVERY_TIMEOUT_SECONDS  # read now: tests shorten it
+        deadline = loop.time() + budget / 2
+        fresh = new_events(events, self._recent, wait=True)
+        while fresh.in_flight and (left := deadline - loop.time()) > 0:
+            # Copies of events another request is delivering: their fate decides.
+            await asyncio.wait(fresh.in_flight, timeout=left)
+            fresh = new_events(events, self._recent, wait=True)
+        if fresh.in_flight:
+            fresh = new_events(events, self._recent, wait=False)
+        kept, keys, duplicates = fresh.events, fresh.keys, fresh.duplicates
+        batch = Batch(kept, self.name, done=loop.create_future())
         if kept and not inlet.offer(batch):
-            self._forget(kept)
             raise busy()
         # Counted only now: a refused batch comes again and would count twice.
         if duplicates:
             self._duplicates.inc(duplicates)
         count_rejected(inlet, self.name, errors)
         if kept:
+            assert batch.done is not None
+            self._recent.claim(keys, batch.done)
             try:
-                await delivered(batch)
-            except Rejected as err:
-                if err.reason == "failed":  # not processed: the retry must not look like a repeat
-                    self._forget(kept)
+                await delivered(batch, max(budget / 2, deadline + budget / 2 - loop.time()))
+            except Rejected:
+                self._recent.release(keys, batch.done)
                 raise
         return json_response({"accepted": len(kept), "duplicates": duplicates, "rejected": len(errors)})
 
-    def _forget(self, events: list[Event]) -> None:
-        for event in events:
-            key = audit_key(event)
-            if key is not None:
-                self._recent.forget(key)
+
+#: Batches with more events than this are decoded on a worker thread.
+LARGE_BATCH_EVENTS = 500
+
+
+def _large(document: Any) -> bool:
+    items = document.get("items") if isinstance(document, dict) else document
+    return isinstance(items, list) and len(items) > LARGE_BATCH_EVENTS

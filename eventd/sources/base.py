@@ -10,9 +10,12 @@ differ in how they can push back when eventd is saturated:
   the webhook answers 503 with ``Retry-After`` and the API server retries.
 
 A batch may carry ``done``, a future the pipeline resolves once the alerts
-of every event in it have been handed to the sinks.  Inputs that promise
-delivery wait for it before they acknowledge upstream (Kafka offsets, the
-tailer's checkpoint).
+of every event in it are safe: accepted by every durable sink (the Kafka
+sink's spool, the alert file), or, with ``until_delivered``, acknowledged by
+the destination itself (the Kafka broker).  Inputs that promise delivery
+wait for it before they acknowledge upstream (a webhook 2xx, Kafka offsets,
+the tailer's checkpoint); it fails if the alerts could not be made safe,
+and then the input must not acknowledge.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from eventd.events.errors import DecodeError
 from eventd.events.model import Event
+
+if TYPE_CHECKING:
+    from eventd.kafka_client import ConsumedOffsets
 
 
 @dataclass(slots=True)
@@ -31,8 +37,18 @@ class Batch:
     events: list[Event]
     #: The configured source that produced it (``k8s_audit_webhook``...): metrics label.
     source: str
-    #: Resolved (result ``None``) once every alert of the batch is with the sinks.
+    #: Resolved (result ``None``) once every alert of the batch is safe (see above).
     done: asyncio.Future[None] | None = field(default=None)
+    #: ``done`` waits for the destinations' acknowledgements, not only for the
+    #: durable sinks to accept: for inputs whose replay source outlives this
+    #: process (a Kafka topic), so a replica that vanishes loses nothing.
+    until_delivered: bool = False
+    #: Exactly-once (Kafka to Kafka): these input offsets are committed in the
+    #: transaction that produces the batch's alerts, not by the source.
+    consumed: ConsumedOffsets | None = None
+    #: Input bytes the batch came from (0: not known), for the pipeline's byte
+    #: bound (HTTP inputs bound theirs with ``max_inflight_bytes`` instead).
+    size: int = 0
 
 
 class Inlet(Protocol):

@@ -10,15 +10,26 @@ The file is replaced atomically (temporary file, fsync, rename, fsync of the
 directory): after a crash at any point it holds either the previous or the
 new position, never a mix.  A leftover temporary file is simply overwritten
 by the next save and never read.
+
+The file carries a CRC32 of its fields: a flipped digit in ``offset`` would
+otherwise be a valid position that silently skips (or repeats) data.  Files
+written before the CRC existed (no ``crc32`` key) are still accepted; any
+key we do not know is refused, so damage cannot hide the CRC by renaming it.
+A checkpoint that cannot be used (garbage, empty, wrong CRC, a directory,
+unreadable) is reported by ``CheckpointStore.load`` as ``Unusable`` rather
+than as "no checkpoint": the tailer must then re-read, not start at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import structlog
@@ -57,8 +68,34 @@ class Checkpoint:
         return len(head) >= n and fingerprint(head[:n]) == self.fingerprint
 
 
+_FIELDS = frozenset(f.name for f in fields(Checkpoint))
+_KEYS = _FIELDS | {"version", "crc32"}
+
+
+def _crc(body: dict[str, object]) -> int:
+    """CRC32 of the checkpoint's fields, independent of their order in the file."""
+    return zlib.crc32(orjson.dumps({k: body[k] for k in sorted(_FIELDS)}))
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used."""
+
+
+#: Why a checkpoint was unusable: ``invalid`` (the content is not a
+#: checkpoint of ours) or ``unreadable`` (a directory, no permission, I/O).
+UnusableReason = Literal["invalid", "unreadable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A checkpoint file exists but cannot be trusted; the data it covered
+    must be read again (duplicates are dropped downstream, loss is not)."""
+
+    reason: UnusableReason
+    error: str
+    #: Where the damaged file was moved so the next save can succeed (None
+    #: if it could not be moved).
+    moved_to: Path | None = None
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -77,6 +114,9 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         raise CheckpointError(f"{path}: not JSON ({err})") from None
     if not isinstance(obj, dict) or obj.get("version") != VERSION:
         raise CheckpointError(f"{path}: not a version {VERSION} checkpoint")
+    unknown = sorted(obj.keys() - _KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown keys {unknown}")
     try:
         cp = Checkpoint(
             path=_str(obj, "path"),
@@ -89,6 +129,8 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         )
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: {err}") from None
+    if "crc32" in obj and obj["crc32"] != _crc(obj):
+        raise CheckpointError(f"{path}: CRC mismatch (damaged file)")
     if cp.offset < 0 or cp.fingerprint_bytes < 0:
         raise CheckpointError(f"{path}: negative offset or fingerprint length")
     return cp
@@ -110,8 +152,9 @@ def _str(obj: dict[str, object], key: str) -> str:
 
 def write_checkpoint(path: Path, cp: Checkpoint) -> None:
     """Replace the checkpoint at ``path`` atomically and durably."""
-    data = orjson.dumps({"version": VERSION, **asdict(cp)})
-    tmp = path.with_name(path.name + ".tmp")
+    body: dict[str, object] = asdict(cp)
+    data = orjson.dumps({"version": VERSION, **body, "crc32": _crc(body)})
+    tmp = _temporary(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -129,6 +172,21 @@ def write_checkpoint(path: Path, cp: Checkpoint) -> None:
         os.close(dfd)
 
 
+def _move_aside(path: Path) -> Path | None:
+    """Rename a damaged checkpoint to ``<name>.unusable`` (``.unusable.<n>`` if
+    a directory of that name is in the way); None if it cannot be moved."""
+    for n in range(10):
+        target = path.with_name(f"{path.name}.unusable" + (f".{n}" if n else ""))
+        with contextlib.suppress(OSError):  # e.g. a file cannot replace a directory: next name
+            os.replace(path, target)
+            return target
+    return None
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 class CheckpointStore:
     """One checkpoint file, saved from worker threads.
 
@@ -143,16 +201,38 @@ class CheckpointStore:
         self._saved: Checkpoint | None = None
         self._seq = -1
 
-    def load(self) -> Checkpoint | None:
-        """The stored position; None (logged) when absent or unusable."""
+    def load(self) -> Checkpoint | Unusable | None:
+        """The stored position; None when there is none (a first start).
+
+        An unusable file is logged, moved aside (kept for a human, and out of
+        the way of the next save, which could not replace a directory) and
+        returned as ``Unusable``: the caller must not treat it as a first
+        start, which would skip what was written while eventd was down.
+        """
+        tmp = _temporary(self.path)
+        if os.path.isdir(tmp):  # a leftover file is overwritten by the next save; a directory is not
+            moved = _move_aside(tmp)
+            log.warning("audit_log_checkpoint_temp_moved", checkpoint=str(tmp), moved_to=str(moved))
         try:
             cp = load_checkpoint(self.path)
-        except (CheckpointError, OSError) as err:
-            log.error("audit_log_checkpoint_unusable", checkpoint=str(self.path), error=str(err))
-            return None
+        except CheckpointError as err:
+            return self._unusable("invalid", err)
+        except OSError as err:
+            return self._unusable("unreadable", err)
         with self._lock:
             self._saved = cp
         return cp
+
+    def _unusable(self, reason: UnusableReason, err: Exception) -> Unusable:
+        moved = _move_aside(self.path)
+        log.warning(
+            "audit_log_checkpoint_unusable",
+            checkpoint=str(self.path),
+            reason=reason,
+            error=str(err),
+            moved_to=str(moved) if moved else None,
+        )
+        return Unusable(reason, str(err), moved)
 
     def save(self, cp: Checkpoint, seq: int) -> bool:
         """Persist ``cp`` reached at ``seq``; False if it was not newer."""

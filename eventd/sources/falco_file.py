@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 import structlog
 
+from eventd.checks import input_file
 from eventd.config import FalcoFileConfig
 from eventd.events.decode import decode_document
 from eventd.events.errors import DecodeError
@@ -96,6 +97,8 @@ class FalcoFileSource(Source):
 
     def __init__(self, config: FalcoFileConfig, metrics: Metrics, *, stdin: int | None = None) -> None:
         """``stdin`` is the descriptor read for ``path: "-"`` (default: fd 0)."""
+        if config.path != "-":  # a file read once must be there; a followed one may come later
+            input_file(Path(config.path), f"sources.{self.name}.path", must_exist=not config.follow)
         self.config = config
         self._metrics = metrics
         self._stdin = stdin
@@ -249,7 +252,7 @@ class FalcoFileSource(Source):
                 )
         if events:
             self._alerts += len(events)
-            await inlet.put(Batch(events, self.name))
+            await inlet.put(Batch(events, self.name, size=sum(map(len, lines))))
 
     def _reject(self, inlet: Inlet, error: DecodeError, count: int) -> None:
         self._rejected += count

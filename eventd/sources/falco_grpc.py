@@ -36,10 +36,12 @@ import grpc
 import structlog
 
 from eventd.backoff import Backoff
+from eventd.checks import client_tls_files
 from eventd.config import ConfigError, FalcoGrpcConfig
 from eventd.events.errors import DecodeError
 from eventd.events.falco_grpc import response_event
 from eventd.events.model import Event
+from eventd.kafka_client import ssl_context
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet, Source
 from eventd.sources.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
@@ -75,6 +77,9 @@ class FalcoGrpcSource(Source):
             )
         if self._unix and config.tls is not None:
             log.warning("falco_grpc_tls_ignored", address=config.address, reason="unix socket")
+        if not self._unix:  # read at every connect; refused now rather than retried forever
+            client_tls_files(config.tls, f"sources.{self.name}.tls")
+            ssl_context(config.tls, key=f"sources.{self.name}.tls")  # the PEM files load
         self._backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds, rng)
         self._stopping = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None

@@ -11,7 +11,14 @@ common lives here, so that the security-relevant parts are written once:
   audit events and alerts are sensitive and forged ones are worse.
 * **What is read.**  Bodies are read in chunks against ``max_body_bytes``,
   and a gzip body is inflated in bounded steps against the same cap, so
-  neither a huge upload nor a gzip bomb is ever held in memory.
+  neither a huge upload nor a gzip bomb is ever held in memory.  Across all
+  requests of an input, the bodies held at once (and what is decoded from
+  them, until the request is answered) are bounded by
+  ``max_inflight_bytes``: past it a request gets ``503`` + ``Retry-After``,
+  so many concurrent valid batches cannot exhaust memory either.
+* **Who may connect.**  The listener is ``eventd.httpserver``'s, shared
+  with the ops server: connection cap, header and idle timeouts, TLS
+  handshakes bounded and counted.
 * **What is answered.**  Every refusal has a status, a short stable reason
   code counted through ``inlet.rejected`` and a one-line message; bodies are
   never logged.
@@ -25,11 +32,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hmac
 import logging
 import ssl
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from eventd.config import ConfigError, HttpInputConfig
 from eventd.events.errors import DecodeError
+from eventd.httpserver import ListenerLimits, hardened_app, serve
 from eventd.metrics import Metrics
 from eventd.secretfile import SecretFile
 from eventd.sources.base import Batch, Inlet, Source
@@ -47,14 +56,14 @@ from eventd.sources.base import Batch, Inlet, Source
 log = structlog.get_logger(__name__)
 
 #: Reading one body may take this long; the API server gives up after 30 s anyway.
+#: (Request heads and idle connections: ``header_timeout_seconds`` and
+#: ``idle_timeout_seconds`` of the input's config, see ``eventd.httpserver``.)
 BODY_TIMEOUT_SECONDS = 30.0
-#: A connection must deliver a complete request head within this time, and
-#: an idle keep-alive connection is closed after it: slow-header clients
-#: (slow-loris) cannot hold descriptors for aiohttp's default of an hour.
-HEADER_TIMEOUT_SECONDS = 15.0
 #: How long a request waits for its batch to reach the sinks before asking
 #: the sender to retry; below the API server's 30 s request timeout.
 DELIVERY_TIMEOUT_SECONDS = 20.0
+#: Bodies larger than this are decoded on a worker thread, not on the event loop.
+LARGE_BODY_BYTES = 1024 * 1024
 #: On ``stop``: how long in-flight requests may take to finish before being cut.
 DRAIN_SECONDS = 15.0
 #: Inflate at most this many bytes per step, so a bomb is stopped early.
@@ -80,7 +89,7 @@ def json_response(data: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
-async def delivered(batch: Batch) -> None:
+async def delivered(batch: Batch, timeout: float | None = None) -> None:
     """Wait until the pipeline has handed ``batch``'s alerts to the sinks.
 
     Inputs answer 2xx only then: a sender's retry is the only copy of a batch
@@ -90,7 +99,7 @@ async def delivered(batch: Batch) -> None:
     """
     assert batch.done is not None
     try:
-        async with asyncio.timeout(DELIVERY_TIMEOUT_SECONDS):
+        async with asyncio.timeout(DELIVERY_TIMEOUT_SECONDS if timeout is None else timeout):
             await asyncio.shield(batch.done)
     except TimeoutError:
         raise Rejected(
@@ -110,24 +119,64 @@ def stopping() -> Rejected:
     return Rejected(503, "stopping", "eventd is shutting down, retry later", {"Retry-After": "1"})
 
 
-class _RefusalCounter(logging.Handler):
-    """Counts what aiohttp's request handler reports, by kind."""
+def inflight_full() -> Rejected:
+    """The input holds ``max_inflight_bytes`` of bodies already: retry shortly."""
+    return Rejected(
+        503, "inflight_bytes", "too many request bytes in flight, retry later", {"Retry-After": "1"}
+    )
+
+
+class _RefusalCounter:
+    """Counts what aiohttp's request handler reports, by kind (malformed HTTP,
+    or a handler failure), instead of logging client bytes."""
 
     def __init__(self, source: str, metrics: Metrics) -> None:
-        super().__init__(logging.DEBUG)
         self._bad = metrics.events_rejected.labels(source, "bad_request")
         self._failed = metrics.events_rejected.labels(source, "server_error")
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def __call__(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
         (self._bad if isinstance(exc, HttpProcessingError) else self._failed).inc()
 
 
-def _refusal_logger(source: str, metrics: Metrics) -> logging.Logger:
-    logger = logging.Logger(f"eventd.http.{source}")  # outside the hierarchy: not printed
-    logger.addHandler(_RefusalCounter(source, metrics))
-    logger.propagate = False
-    return logger
+class InflightBytes:
+    """The bytes of request bodies an input holds at once.
+
+    A request takes bytes as its body arrives (``Content-Length`` at once
+    when declared, the inflated size for gzip) and gives them all back when
+    it is answered, so the parsed document and decoded events of a body are
+    covered too.  Taking more than what is left raises ``inflight_full``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextlib.contextmanager
+    def reservation(self) -> Iterator[_Reservation]:
+        held = _Reservation(self)
+        try:
+            yield held
+        finally:
+            self.held -= held.size
+
+
+class _Reservation:
+    """One request's share of ``InflightBytes``."""
+
+    def __init__(self, budget: InflightBytes) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow(self, total: int) -> None:
+        """Hold ``total`` bytes (no-op if already held); ``Rejected`` if they do not fit."""
+        more = total - self.size
+        if more <= 0:
+            return
+        if self.budget.held + more > self.budget.limit:
+            raise inflight_full()
+        self.budget.held += more
+        self.size = total
 
 
 def count_rejected(inlet: Inlet, source: str, errors: list[DecodeError]) -> None:
@@ -144,13 +193,15 @@ class BearerToken:
     """The token clients must present (``Authorization: Bearer <token>``),
     from a file that is re-read when it changes (see ``SecretFile``)."""
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, key: str, metrics: Metrics | None = None) -> None:
         self.path = path
-        self._secret = SecretFile(path, key)
+        self._secret = SecretFile(path, key, metrics)
 
     def matches(self, header: str | None) -> bool:
         token = self._secret.value().encode()
-        if not header:
+        # Tokens are ASCII (RFC 6750); other bytes arrive as surrogates that
+        # cannot be encoded: a wrong token (401), never a crash (500).
+        if not header or not header.isascii():
             return False
         scheme, _, presented = header.strip().partition(" ")
         if scheme.lower() != "bearer":
@@ -195,8 +246,17 @@ class HttpInput(Source):
         key = f"sources.{self.name}"
         if not config.path.startswith("/"):
             raise ConfigError(f"{key}.path", f"must start with '/', got {config.path!r}")
+        self._limits = ListenerLimits.of(config, key)
+        if config.max_inflight_bytes < config.max_body_bytes:
+            raise ConfigError(
+                f"{key}.max_inflight_bytes",
+                f"must be at least max_body_bytes ({config.max_body_bytes}), or the largest bodies never fit",
+            )
+        self._inflight = InflightBytes(config.max_inflight_bytes)
         self._ssl = server_ssl_context(config, key)
-        self._token = BearerToken(config.token_file, f"{key}.token_file") if config.token_file else None
+        self._token = (
+            BearerToken(config.token_file, f"{key}.token_file", metrics) if config.token_file else None
+        )
         mtls = config.tls is not None and config.tls.client_ca is not None
         if not (config.listen.is_loopback() or mtls or self._token or config.allow_unauthenticated):
             raise ConfigError(
@@ -241,8 +301,17 @@ class HttpInput(Source):
             if request.method != "POST":
                 raise Rejected(405, "method", "only POST is accepted", {"Allow": "POST"})
             self._check_content_type(request)
-            body = await self._read_body(request)
-            return await accept(self.parse(body), self._active_inlet())
+            with self._inflight.reservation() as held:
+                body = await self._read_body(request, held)
+                # A large body takes long to decode: on a thread, the event loop
+                # (other inputs, /healthz) keeps getting its turns meanwhile.
+                document = (
+                    await asyncio.to_thread(self.parse, body)
+                    if len(body) > LARGE_BODY_BYTES
+                    else self.parse(body)
+                )
+                del body  # the document is what is kept while the batch is processed
+                return await accept(document, self._active_inlet())
 
         return self.guarded(handler)
 
@@ -305,32 +374,25 @@ class HttpInput(Source):
         return web.Response(status=404, text="not found\n")
 
     async def _listen(self) -> web.AppRunner:
-        app = web.Application()
+        app = hardened_app()
         self.add_routes(app)
         app.router.add_route("*", "/{path:.*}", self._not_found)
         # Bodies are inflated by ``_read_body`` against the cap, not by aiohttp's
-        # parser.  ``_drain`` has waited for handlers already; what is left after
-        # that gets a short grace.  Requests are logged by ``_refuse``, not here.
-        runner = web.AppRunner(
+        # parser (``serve`` turns that off).  ``_drain`` has waited for handlers
+        # already; what is left after that gets a short grace.  Requests are
+        # logged by ``_refuse``; malformed ones aiohttp answers itself (400) are
+        # counted instead of logging client bytes.  A busy port: ConfigError.
+        runner, site = await serve(
             app,
-            access_log=None,
-            auto_decompress=False,
-            shutdown_timeout=1.0,
-            keepalive_timeout=HEADER_TIMEOUT_SECONDS,
-            # aiohttp answers malformed requests itself (400) and reports them
-            # to this logger: count them instead of logging client bytes.
-            logger=_refusal_logger(self.name, self.metrics),
+            self.config.listen,
+            name=self.name,
+            key=f"sources.{self.name}",
+            limits=self._limits,
+            metrics=self.metrics,
+            ssl_context=self._ssl,
+            on_refusal=_RefusalCounter(self.name, self.metrics),
         )
-        await runner.setup()
-        listen = self.config.listen
-        try:
-            await web.TCPSite(runner, listen.host, listen.port, ssl_context=self._ssl).start()
-        except OSError as err:
-            await runner.cleanup()
-            raise ConfigError(
-                f"sources.{self.name}.listen", f"cannot listen on {listen}: {err.strerror or err}"
-            ) from None
-        host, port = runner.addresses[0][:2]
+        host, port = site.address
         self.address = (host, port)
         self._ready = True
         self.metrics.source_up.labels(self.name).set(1)
@@ -390,11 +452,13 @@ class HttpInput(Source):
         if media not in self.content_types:
             raise Rejected(415, "content_type", f"unsupported content type {media[:64]!r}, expected JSON")
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request, held: _Reservation) -> bytes:
         limit = self.config.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             raise Rejected(413, "too_large", f"body of {length} bytes exceeds the limit of {limit}")
+        if length is not None:
+            held.grow(length)  # refuse before reading when it cannot fit anyway
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding in _GZIP_ENCODINGS:
             sink = _Inflater(limit)
@@ -406,6 +470,7 @@ class HttpInput(Source):
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 while chunk := await request.content.readany():
                     sink.feed(chunk)
+                    held.grow(sink.size)
         except TimeoutError:
             raise Rejected(408, "timeout", "request body not received in time") from None
         return sink.result()

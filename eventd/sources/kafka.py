@@ -6,12 +6,19 @@ GKE/AKS record) or a Falco alert.  A message that is none of these is
 counted as rejected and its offset still counts as processed, so one poison
 message never blocks its partition.
 
-Offsets are committed only after the pipeline resolved a batch's ``done``
-(every alert handed to the sinks), per partition and in fetch order: a
-crash replays the uncommitted tail (duplicates), it never skips it.  Before
-the group takes partitions away (a replica joins or leaves), in-flight
-batches are waited for and committed, so the next owner starts where this
-one stopped.  Backpressure is plain: ``inlet.put`` waits, so fetching waits.
+Offsets are committed only once the alerts of a batch are acknowledged by
+their destination (the pipeline resolves the batch's ``done`` with
+``until_delivered``: the Kafka sink's broker ack, not merely its local
+spool), per partition and in fetch order.  A replica that dies for good,
+its spool with it, has therefore committed nothing it had not delivered:
+the group re-reads the rest (at-least-once; duplicates keep their
+``uuid``).  A batch the pipeline could not make safe is never committed:
+the session restarts from the last commit and reads it again.  Before the
+group takes partitions away (a replica joins or leaves), in-flight batches
+are waited for (bounded) and what was delivered is committed, so the next
+owner starts where this one stopped; on ``stop`` the same happens within
+``drain_timeout_seconds``.  Backpressure is plain: ``inlet.put`` waits, so
+fetching waits.
 
 aiokafka reconnects to brokers by itself.  The source watches whether
 fetches still come back to report ``source_up`` and count reconnects, and
@@ -25,18 +32,19 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from eventd.backoff import Backoff
+from eventd.checks import client_tls_files, kafka_topic
 from eventd.config import ConfigError, KafkaSourceConfig
 from eventd.events.decode import decode_document
 from eventd.events.errors import DecodeError
 from eventd.events.model import Event
-from eventd.kafka_client import client_options
+from eventd.kafka_client import ConsumedOffsets, client_options
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet, Source
 
@@ -52,7 +60,9 @@ CLOSE_TIMEOUT = 10.0
 
 
 class BatchAbandoned(Exception):
-    """A batch's ``done`` was cancelled: its events were never processed."""
+    """A batch's ``done`` was cancelled or failed: its alerts are not safe, so
+    its offsets must not be committed; the session restarts from the last
+    commit."""
 
 
 class OffsetTracker:
@@ -60,8 +70,9 @@ class OffsetTracker:
 
     A batch's offsets become committable only once it and every batch
     fetched before it are done, so a commit never passes an unprocessed
-    message.  A batch that failed in the pipeline counts as processed (the
-    pipeline logged it); replaying it forever would block the partition.
+    message.  A batch that failed in the pipeline (its alerts could not be
+    made safe) stops the line: ``settle`` raises ``BatchAbandoned`` and the
+    session starts over from the last commit.
     """
 
     def __init__(self) -> None:
@@ -88,9 +99,9 @@ class OffsetTracker:
             done, offsets = self._inflight[0]
             if done.cancelled():
                 raise BatchAbandoned("a batch was cancelled before its events were processed")
-            self._inflight.popleft()
             if done.exception() is not None:
-                log.warning("kafka_batch_failed_skipped", partitions=len(offsets))
+                raise BatchAbandoned(f"a batch's alerts could not be made safe: {done.exception()}")
+            self._inflight.popleft()
             self.processed.update(offsets)
 
     def uncommitted(self, assigned: Collection[TopicPartition]) -> dict[TopicPartition, int]:
@@ -121,11 +132,17 @@ class KafkaSource(Source):
         self._key = f"sources.{self.name}"
         if not config.topics:
             raise ConfigError(f"{self._key}.topics", "at least one topic is required")
+        for i, topic in enumerate(config.topics):
+            kafka_topic(topic, f"{self._key}.topics[{i}]")
         if config.session_timeout_seconds < 1:
             raise ConfigError(f"{self._key}.session_timeout_seconds", "must be at least 1 second")
-        client_options(config.bootstrap_servers, config.tls, config.sasl, key=self._key)  # fail fast
+        client_tls_files(config.tls, f"{self._key}.tls")
+        # Fails fast on a bad TLS/SASL config.
+        client_options(config.bootstrap_servers, config.tls, config.sasl, key=self._key, metrics=metrics)
         self._session_ms = int(config.session_timeout_seconds * 1000)
         self._tracker = OffsetTracker()
+        #: Consumer sessions and rebalances so far (``ConsumedOffsets.generation``).
+        self._generation = 0
         self._commit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -183,7 +200,9 @@ class KafkaSource(Source):
         """
         config = self.config
         consumer = AIOKafkaConsumer(
-            **client_options(config.bootstrap_servers, config.tls, config.sasl, key=self._key),
+            **client_options(
+                config.bootstrap_servers, config.tls, config.sasl, key=self._key, metrics=self._metrics
+            ),
             group_id=config.group_id,
             enable_auto_commit=False,
             auto_offset_reset=config.auto_offset_reset,
@@ -192,6 +211,7 @@ class KafkaSource(Source):
         )
         consumer.subscribe(list(config.topics), listener=_Rebalance(self, consumer))
         self._tracker.reset()
+        self._generation += 1  # exactly-once: a fresh start after a failed transaction
         committer: asyncio.Task[None] | None = None
         started = False
         try:
@@ -251,16 +271,27 @@ class KafkaSource(Source):
                 continue
             events: list[Event] = []
             offsets: dict[TopicPartition, int] = {}
+            size = 0
             for tp, messages in records.items():
                 offsets[tp] = messages[-1].offset + 1
                 for message in messages:
+                    size += len(message.value or b"")
                     self._decode(message.value, events, inlet)
             done = self._tracker.add(offsets)
-            if events:
-                await inlet.put(Batch(events, name, done))
+            consumed = None
+            if self.config.exactly_once:  # the sink's transaction commits these offsets
+                consumed = ConsumedOffsets(
+                    self.config.group_id, dict(offsets), self._generation, self._still(self._generation)
+                )
+            if events or consumed is not None:
+                await inlet.put(Batch(events, name, done, until_delivered=True, consumed=consumed, size=size))
                 self._polling_since = time.monotonic()
             else:  # nothing usable: the offsets are processed as they are
                 done.set_result(None)
+
+    def _still(self, generation: int) -> Callable[[], bool]:
+        """Whether the source is still in ``generation`` (no restart, no rebalance since)."""
+        return lambda: self._generation == generation
 
     def _decode(self, value: bytes | None, events: list[Event], inlet: Inlet) -> None:
         if not value:
@@ -288,9 +319,19 @@ class KafkaSource(Source):
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         """Commit what is processed; aiokafka retries while brokers are away."""
         async with self._commit_lock:
-            self._tracker.settle()
+            stopped: BatchAbandoned | None = None
+            try:
+                self._tracker.settle()
+            except BatchAbandoned as err:
+                stopped = err  # what was done before the failed batch is still committed
             offsets = self._tracker.uncommitted(consumer.assignment())
+            if self.config.exactly_once:
+                # Committed already, by the transactions that produced the alerts.
+                self._tracker.committed.update(offsets)
+                offsets = {}
             if not offsets:
+                if stopped is not None:
+                    raise stopped
                 return
             try:
                 await consumer.commit(offsets)
@@ -302,6 +343,8 @@ class KafkaSource(Source):
                 log.warning("kafka_commit_failed", error=str(err), partitions=len(offsets))
                 return
             self._tracker.committed.update(offsets)
+            if stopped is not None:
+                raise stopped
 
     async def _hand_back(self, consumer: AIOKafkaConsumer, revoked: Collection[TopicPartition]) -> None:
         """Before partitions go: finish their batches and commit (bounded by the
@@ -319,6 +362,7 @@ class KafkaSource(Source):
             except (TimeoutError, BatchAbandoned) as err:
                 log.warning("kafka_revoke_commit_skipped", reason=str(err) or type(err).__name__)
         self._tracker.reset()
+        self._generation += 1  # transactions queued for the old assignment are refused
         self._assigned = frozenset()
         log.info("kafka_partitions_revoked", partitions=len(revoked))
 
@@ -329,10 +373,13 @@ class KafkaSource(Source):
         log.info("kafka_partitions_assigned", partitions=len(assigned))
 
     async def _drain(self, consumer: AIOKafkaConsumer) -> None:
-        """On stop: wait for every in-flight batch, then commit them."""
+        """On stop: wait (bounded) for in-flight batches, then commit what was
+        delivered; the rest is re-read by the group."""
         busy = self._tracker.inflight()
         if busy:
-            await asyncio.wait(busy)
+            _, pending = await asyncio.wait(busy, timeout=self.config.drain_timeout_seconds)
+            if pending:
+                log.warning("kafka_stop_batches_undelivered", batches=len(pending))
         try:
             await asyncio.wait_for(self._commit(consumer), COMMIT_TIMEOUT)
         except (TimeoutError, BatchAbandoned) as err:

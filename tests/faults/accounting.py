@@ -38,7 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from eventd.alerts import alert_uuid
 from eventd.events.model import K8S_AUDIT, Event
 from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess, free_port
+from tests.daemon_process import EventdProcess, StdoutMode, free_port
 from tests.kafka_broker import unique_name
 
 WEBHOOK = "k8s_audit_webhook"
@@ -216,6 +216,16 @@ class Poster:
     def finish(self, timeout: float = 60.0) -> Sent:
         self.stop()
         return self.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Still posting, or retrying the batch in progress."""
+        return self._thread.is_alive()
+
+    def answers(self) -> dict[int, int]:
+        """A copy of ``statuses`` that is safe to take while the poster runs."""
+        with self._lock:
+            return dict(self.statuses)
 
     def snapshot(self) -> Sent:
         """A consistent copy of ``sent`` while the poster runs."""
@@ -481,13 +491,17 @@ def start_webhook_to_kafka(
     spool_dir: Path,
     *,
     stdout: bool = False,
+    stdout_mode: StdoutMode = "read",
+    other_sinks: dict[str, object] | None = None,
     log_level: str = "info",
     **kafka: object,
 ) -> tuple[EventdProcess, str]:
-    """A ready eventd with the webhook in and Kafka (and maybe stdout) out,
-    and the webhook's URL; killed if it never becomes ready."""
+    """A ready eventd with the webhook in and Kafka (and maybe stdout, read
+    or not as ``stdout_mode`` says, and ``other_sinks``) out, and the
+    webhook's URL; killed if it never becomes ready."""
     port = free_port()
     sinks: dict[str, object] = {"stdout": {}} if stdout else {}
+    sinks.update(other_sinks or {})
     sinks["kafka"] = {
         "bootstrap_servers": [bootstrap],
         "topic": topic,
@@ -503,10 +517,49 @@ def start_webhook_to_kafka(
             "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
             "sinks": sinks,
         },
-    )
-    try:
-        proc.wait_ready()
-    except BaseException:
-        proc.kill()
-        raise
+        stdout=stdout_mode,
+    ).ready_or_killed()
     return proc, f"http://127.0.0.1:{port}/k8s-audit"
+
+
+def report(scenario: str, **figures: object) -> None:
+    """Print one line of what a fault scenario measured (``pytest -s`` shows
+    it); the README's reliability section quotes these lines."""
+    print(f"FIGURES {scenario}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+def start_kafka_to_kafka(
+    run_dir: Path,
+    source_bootstrap: str,
+    topic: str,
+    group: str,
+    sink_bootstrap: str,
+    alert_topic: str,
+    **source: object,
+) -> EventdProcess:
+    """An eventd consuming ``topic`` in ``group`` (``source`` adds settings of
+    ``sources.kafka``) and producing alerts to ``alert_topic`` through a spool
+    in ``run_dir``; not waited for (a group member is ready when it joined)."""
+    run_dir.mkdir(parents=True)
+    return EventdProcess(
+        run_dir,
+        {
+            "rules": [str(write_rules(run_dir))],
+            "sources": {
+                "kafka": {
+                    "bootstrap_servers": [source_bootstrap],
+                    "topics": [topic],
+                    "group_id": group,
+                    **source,
+                }
+            },
+            "sinks": {
+                "kafka": {
+                    "bootstrap_servers": [sink_bootstrap],
+                    "topic": alert_topic,
+                    "spool_dir": str(run_dir / "spool"),
+                    "request_timeout_seconds": 2,
+                }
+            },
+        },
+    )

@@ -1,5 +1,7 @@
-"""A full spool and a full disk while Kafka is down: drops are counted exactly,
-eventd stays alive, and it recovers.
+"""A full spool and a full disk while Kafka is down, under the explicit drop
+policies (``spool_full_policy: drop_oldest|drop_newest``): drops are counted
+exactly, eventd stays alive, and it recovers.  The default policy, ``block``,
+loses nothing and pushes back instead: see ``test_backpressure.py``.
 
 Two different limits:
 
@@ -17,10 +19,6 @@ Two different limits:
 
 from __future__ import annotations
 
-import errno
-import resource
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +38,7 @@ from tests.faults.accounting import (
     start_webhook_to_kafka,
     wait_until,
 )
+from tests.faults.disks import FileSizeLimit, TmpfsDisk
 from tests.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -98,7 +97,8 @@ def test_a_full_spool_drops_exactly_the_overflow_by_policy_and_recovers(
         assert_webhook_accounting(snap, sent)
         assert proc.proc.poll() is None
         assert http_status(proc.url("/healthz")) == 200
-        assert http_status(proc.url("/readyz")) == 503  # a nearly full spool is not ready
+        # A drop policy keeps taking input: ready (dropping was chosen).
+        assert http_status(proc.url("/readyz")) == 200
 
         broker.start()
         broker.create_topic(topic)
@@ -130,90 +130,6 @@ def test_a_full_spool_drops_exactly_the_overflow_by_policy_and_recovers(
 # ------------------------------------------------------------- disk full
 
 
-class TmpfsDisk:
-    """A 1 MiB tmpfs holding the spool; a filler file can take all its space."""
-
-    log_level = "info"
-
-    def __init__(self, mountpoint: Path) -> None:
-        self.mountpoint = mountpoint
-        self.filler = mountpoint / "filler"
-        mountpoint.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.skip(
-                f"cannot mount a tmpfs here ({done.stderr.strip()}); the rlimit variant covers disk full"
-            )
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.mountpoint / "spool"
-
-    def fill(self, _pid: int) -> None:
-        """Another file takes every free block."""
-        chunk = b"\0" * 65536
-        with self.filler.open("wb", buffering=0) as out:
-            try:
-                while out.write(chunk):
-                    pass
-            except OSError as err:
-                assert err.errno == errno.ENOSPC, err
-
-    def free(self, _pid: int) -> None:
-        self.filler.unlink()
-
-    def cap(self, _pid: int) -> None:
-        """The spool alone may fill the 1 MiB."""
-
-    def close(self) -> None:
-        subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
-
-
-class FileSizeLimit:
-    """``RLIMIT_FSIZE`` set on the running eventd: a write that would grow a
-    file past it fails with EFBIG (Python ignores SIGXFSZ), as on a full disk.
-    eventd's stderr is a file too, so the scenario logs at ``error`` level."""
-
-    log_level = "error"
-    CAP_BYTES = 256 * 1024
-
-    def __init__(self, directory: Path) -> None:
-        self.spool_dir = directory / "spool"
-        self._saved: tuple[int, int] | None = None
-
-    def fill(self, pid: int) -> None:
-        """No file may grow at all."""
-        self._limit(pid, 0)
-
-    def free(self, pid: int) -> None:
-        assert self._saved is not None
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, self._saved)
-
-    def cap(self, pid: int) -> None:
-        """A spool segment may grow to ``CAP_BYTES``, then the "disk" is full."""
-        self._limit(pid, self.CAP_BYTES)
-
-    def _limit(self, pid: int, size: int) -> None:
-        self._saved = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (size, self._saved[1]))
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture(params=["tmpfs", "rlimit"])
-def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TmpfsDisk | FileSizeLimit]:
-    made = TmpfsDisk(tmp_path / "disk") if request.param == "tmpfs" else FileSizeLimit(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def test_disk_full_drops_are_counted_eventd_survives_and_recovers(
     private_kafka_broker: KafkaBroker, tmp_path: Path, disk: TmpfsDisk | FileSizeLimit
 ) -> None:
@@ -221,7 +137,12 @@ def test_disk_full_drops_are_counted_eventd_survives_and_recovers(
     broker.stop()
     topic = unique_name("faults-disk-full")
     proc, url = start_webhook_to_kafka(
-        tmp_path, broker.bootstrap, topic, disk.spool_dir, log_level=disk.log_level
+        tmp_path,
+        broker.bootstrap,
+        topic,
+        disk.spool_dir,
+        log_level=disk.log_level,
+        spool_full_policy="drop_oldest",
     )
     pid = proc.proc.pid
     try:
@@ -276,7 +197,12 @@ def test_space_the_spool_filled_returns_once_the_broker_drains_it(
     broker.stop()
     topic = unique_name("faults-self-full")
     proc, url = start_webhook_to_kafka(
-        tmp_path, broker.bootstrap, topic, disk.spool_dir, log_level=disk.log_level
+        tmp_path,
+        broker.bootstrap,
+        topic,
+        disk.spool_dir,
+        log_level=disk.log_level,
+        spool_full_policy="drop_oldest",
     )
     try:
         disk.cap(proc.proc.pid)
