@@ -145,6 +145,9 @@ class AuditWebhookConfig(HttpInputConfig):
     path: str = "/k8s-audit"
     #: The API server retries whole batches for ~2.5 min; 5 min covers it.
     dedup_window_seconds: float = 300.0
+    #: Identities kept at most (16-byte digests, ~200 bytes each with the
+    #: table: 100 MB at the default); past it the oldest are forgotten.
+    dedup_max_entries: int = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +190,8 @@ class AuditLogConfig:
     backfill: bool = False
     poll_interval_seconds: float = 0.25
     dedup_window_seconds: float = 300.0
+    #: As for the webhook: identities kept at most.
+    dedup_max_entries: int = 500_000
 
 
 @dataclass(frozen=True, slots=True)

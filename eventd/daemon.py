@@ -368,6 +368,7 @@ class Daemon:
             # reads cannot eat the time the durable sinks need to close.
             left = self._deadline - time.monotonic()
             await self._shutdown("pipeline", lambda: self.pipeline.drain(best_effort_seconds=left / 2))
+        await self.pipeline.stop_lanes()  # the sinks close next
 
     async def _close_sink(self, sink: PolicySink) -> None:
         await self._shutdown(f"sink:{sink.name}", sink.close)

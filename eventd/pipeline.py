@@ -151,8 +151,13 @@ class Pipeline:
                     self._queue.task_done()
                     self.metrics.queue_depth.set(self._queue.qsize())
         finally:
-            for lane in self.lanes:
-                await lane.stop()
+            await self.stop_lanes()
+
+    async def stop_lanes(self) -> None:
+        """Stop every lane's tasks (what is still queued is counted as dropped);
+        before the sinks close, so no lane task calls a closed sink."""
+        for lane in self.lanes:
+            await lane.stop()
 
     async def drain(self, best_effort_seconds: float | None = None) -> None:
         """Refuse new offers, process every queued batch, wait until every

@@ -49,7 +49,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_wrappers.py",
     ],
     "eventd/events/dedup.py": ["tests/test_dedup.py", "tests/test_source_audit_webhook.py"],
-    "eventd/sources/checkpoint.py": ["tests/test_checkpoint.py"],
+    "eventd/sources/checkpoint.py": ["tests/test_checkpoint.py", "tests/faults/test_damaged_state.py"],
     "eventd/sources/audit_webhook.py": ["tests/test_source_audit_webhook.py"],
     "eventd/sources/http_input.py": [
         "tests/test_source_audit_webhook.py",
@@ -62,8 +62,12 @@ MODULES: dict[str, list[str]] = {
         "tests/test_pipeline_delivery.py",
         "tests/test_metrics_exposition.py",
     ],
-    "eventd/engine/exceptions.py": ["tests/test_exceptions.py"],
-    "eventd/engine/output.py": ["tests/test_output.py"],
+    "eventd/engine/exceptions.py": [
+        "tests/test_exceptions.py",
+        "tests/test_loader_errors.py",
+        "tests/test_loader.py",
+    ],
+    "eventd/engine/output.py": ["tests/test_output.py", "tests/test_loader_errors.py"],
     "eventd/image_metrics.py": ["tests/test_image_metrics.py", "tests/test_pipeline_hooks.py"],
 }
 

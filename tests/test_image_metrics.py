@@ -76,6 +76,13 @@ def test_workloads_with_pod_templates_count() -> None:
     }
 
 
+def _with_ephemeral(**kw: Any) -> dict[str, Any]:
+    """A pod write whose body also has an ephemeral container."""
+    body = pod("evil.io/x")
+    body["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "evil.io/tools:1"}]
+    return audit_event(code=200, request=body, **kw)
+
+
 @pytest.mark.parametrize(
     "doc",
     [
@@ -87,6 +94,11 @@ def test_workloads_with_pod_templates_count() -> None:
         pytest.param(pod_create("evil.io/x", verb="get", code=200), id="get"),
         pytest.param(pod_create("evil.io/x", verb="delete", code=200), id="delete"),
         pytest.param(pod_create("evil.io/x", verb="update", subresource="status", code=200), id="status"),
+        pytest.param(_with_ephemeral(verb="update", subresource="status"), id="status-with-ephemeral"),
+        pytest.param(
+            _with_ephemeral(resource="deployments", subresource="ephemeralcontainers"),
+            id="ephemeral-subresource-of-a-workload",
+        ),
         pytest.param(pod_create("evil.io/x", resource="configmaps"), id="not-a-pod-resource"),
         pytest.param(pod_create("evil.io/x", requestURI="/api/v1/pods?dryRun=All"), id="dry-run"),
         pytest.param(audit_event(request=None), id="metadata-level-no-spec"),

@@ -163,3 +163,71 @@ def test_value_text() -> None:
     assert value_text(None) == "<NA>"
     assert value_text(("a", 1, False)) == "(a,1,false)"
     assert value_text(1.5) == "1.5"
+
+
+# ------------------------------------------------------- edges (issue 17)
+
+
+def test_value_text_of_strings_and_string_lists() -> None:
+    assert value_text("") == ""
+    assert value_text("(x)") == "(x)"
+    assert value_text(("a", "b")) == "(a,b)"
+    assert value_text(()) == "()"
+    assert value_text(True) == "true"
+
+
+def test_percent_signs_in_literal_text_stay_single() -> None:
+    """The literal text becomes a printf template: its ``%`` is escaped, not doubled in the output."""
+    fmt = OutputFormat.compile("a %t.str b", FIELDS)
+    assert fmt.render(Event("test", {"s": "100%"}))[0] == "a 100% b"
+    assert render("x%t.str%t.str y", s="%s")[0] == "x%s%s y"
+
+
+@pytest.mark.parametrize(("width", "shown"), [("10000", "ab".ljust(10_000)), ("0", "ab"), ("007", "ab     ")])
+def test_width_bounds(width: str, shown: str) -> None:
+    assert render(f"%{width}t.str!", s="ab")[0] == shown + "!"
+
+
+@pytest.mark.parametrize("width", ["10001", "99999", "100000", "000000000010001"])
+def test_width_above_the_maximum_is_refused(width: str) -> None:
+    with pytest.raises(RuleError, match=r"width too large \(at most 10000\)") as info:
+        OutputFormat.compile(f"x %{width}t.str", FIELDS)
+    assert info.value.offset == 2
+
+
+def test_literal_text_after_the_last_token_is_kept() -> None:
+    assert render("%t.str", s="v")[0] == "v"
+    assert render("%t.str.", s="v")[0] == "v."
+    assert render("%t.str tail", s="v")[0] == "v tail"
+
+
+@pytest.mark.parametrize(("arg", "key"), [('"a"b"', 'a"b'), ("'", "'"), ("'x'", "x"), ("a[b", "a[b")])
+def test_argument_quotes_and_brackets_at_the_edges(arg: str, key: str) -> None:
+    assert render(f"%t.key[{arg}]c", m={key: "found"})[0] == "foundc"
+
+
+@pytest.mark.parametrize("arg", ["", '""', "''"])
+def test_an_empty_argument_quoted_or_not_is_no_argument(arg: str) -> None:
+    with pytest.raises(FieldError, match="requires an argument"):
+        OutputFormat.compile(f"%t.key[{arg}]", FIELDS)
+
+
+def test_an_unknown_field_is_shown_in_the_error() -> None:
+    with pytest.raises(UnknownOutputField, match=r"'%t\.nope'"):
+        OutputFormat.compile("%t.nope", FIELDS)
+    with pytest.raises(UnknownOutputField, match="'%" + "-" * 20 + "': no such field"):
+        OutputFormat.compile("%" + "-" * 30, FIELDS)
+
+
+def test_the_longest_of_several_matching_prefixes_wins() -> None:
+    fields = FieldSet(
+        "test",
+        [
+            FieldDef("a.b", "short", lambda ev, arg: "short"),
+            FieldDef("a.b.c", "long", lambda ev, arg: "long"),
+            FieldDef("a.bb", "other", lambda ev, arg: "other"),
+        ],
+    )
+    assert OutputFormat.compile("%a.b.cd", fields).render(Event("test", {}))[0] == "longd"
+    assert OutputFormat.compile("%a.b.c.d", fields).render(Event("test", {}))[0] == "long.d"
+    assert OutputFormat.compile("%a.bbx", fields).render(Event("test", {}))[0] == "otherx"

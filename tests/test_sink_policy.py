@@ -7,16 +7,19 @@ import dataclasses
 from collections import Counter
 
 import pytest
+import structlog.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventd.alerts import Alert
 from eventd.config import DedupConfig, SinkConfig
 from eventd.engine.priority import Priority
+from eventd.kafka_client import ConsumedOffsets
 from eventd.metrics import Metrics
 from eventd.sinks.base import Sink
 from eventd.sinks.policy import PolicySink
 from tests.http_receiver import T0, sample_alert
+from tests.waiting import wait_until
 
 
 class Recorder(Sink):
@@ -443,6 +446,58 @@ async def test_only_a_dedup_policy_runs_a_background_task() -> None:
     await dedup.start()
     await dedup.start()  # started twice: still one task
     assert ticker_tasks() == ["sink-rec-dedup"]
-    await dedup.close()
-    await asyncio.sleep(0)
+    await dedup.close()  # the task is awaited, not only cancelled
     assert ticker_tasks() == []
+
+
+class TransactionRecorder(Recorder):
+    """Records what each transaction would commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions: list[tuple[list[str], object]] = []
+
+    async def send_transaction(self, alerts, consumed) -> None:  # type: ignore[no-untyped-def]
+        self.transactions.append(([a.rule for a in alerts], consumed))
+
+
+@pytest.mark.asyncio
+async def test_a_transaction_carries_the_kept_alerts_and_always_its_offsets() -> None:
+    inner, metrics = TransactionRecorder(), Metrics()
+    sink = PolicySink(
+        inner, SinkConfig(rules=("A",), dedup=DedupConfig(window_seconds=300)), metrics, Clock()
+    )
+    first, second = ConsumedOffsets("g", {}, 1, lambda: True), ConsumedOffsets("g", {}, 1, lambda: True)
+    await sink.send_transaction([sample_alert("A"), sample_alert("B"), sample_alert("A")], first)
+    await sink.send_transaction([sample_alert("A")], second)  # nothing left: offsets still committed
+    assert inner.transactions == [(["A"], first), ([], second)]
+    assert filtered(metrics, "filter") == 1 and filtered(metrics, "duplicate") == 2
+
+
+@pytest.mark.asyncio
+async def test_a_failing_summary_is_logged_and_dedup_goes_on() -> None:
+    class Failing(Recorder):
+        fail = True
+
+        async def send(self, alert: Alert) -> None:
+            if self.fail and "repeat_count" in alert.context:
+                raise OSError("receiver gone")
+            await super().send(alert)
+
+    inner = Failing()
+    sink = PolicySink(inner, SinkConfig(dedup=DedupConfig(window_seconds=0.05)), Metrics())
+    with structlog.testing.capture_logs() as logs:
+        await sink.start()
+        try:
+            await sink.send(sample_alert())
+            await sink.send(sample_alert())
+            await wait_until(lambda: any(e["event"] == "dedup_summary_failed" for e in logs))
+            inner.fail = False
+            await sink.send(sample_alert(namespace="other"))
+            await sink.send(sample_alert(namespace="other"))
+            await wait_until(lambda: len(inner.alerts) == 3)  # the ticker still runs
+        finally:
+            await sink.close()
+    failed = [e for e in logs if e["event"] == "dedup_summary_failed"]
+    assert failed[0]["sink"] == "rec" and failed[0]["log_level"] == "error"
+    assert inner.alerts[-1].context["repeat_count"] == 1

@@ -37,7 +37,7 @@ class RecentKeys:
     def __init__(
         self,
         window: float,
-        max_entries: int = 1_000_000,
+        max_entries: int = 500_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
@@ -90,10 +90,11 @@ class RecentKeys:
                     self._record(key)
 
     def _record(self, key: bytes) -> None:
-        self._seen[key] = self._clock()
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        seen = self._seen
+        seen[key] = self._clock()
+        seen.move_to_end(key)  # its window starts now
+        while len(seen) > self.max_entries:
+            seen.popitem(last=False)  # O(1) at the front, unlike a plain dict
 
     def _expire(self, now: float) -> None:
         limit = now - self.window

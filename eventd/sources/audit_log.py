@@ -90,7 +90,7 @@ class AuditLogSource(Source):
         self._metrics = metrics
         self._drain_timeout = drain_timeout
         self._store = CheckpointStore(config.checkpoint) if config.checkpoint is not None else None
-        self._recent = RecentKeys(config.dedup_window_seconds)
+        self._recent = RecentKeys(config.dedup_window_seconds, config.dedup_max_entries)
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
         self._finished.set()
@@ -396,7 +396,7 @@ class AuditLogSource(Source):
     def _forget_recent(self) -> None:
         """Events were marked as seen but not handed over, or handed over but
         failed: forget every key rather than drop them when read again."""
-        self._recent = RecentKeys(self.config.dedup_window_seconds)
+        self._recent = RecentKeys(self.config.dedup_window_seconds, self.config.dedup_max_entries)
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.wait((self._stop_waiter,), timeout=seconds)

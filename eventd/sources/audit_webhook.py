@@ -53,7 +53,7 @@ class AuditWebhookSource(HttpInput):
 
     def __init__(self, config: AuditWebhookConfig, metrics: Metrics) -> None:
         super().__init__(config, metrics)
-        self._recent = RecentKeys(config.dedup_window_seconds)
+        self._recent = RecentKeys(config.dedup_window_seconds, config.dedup_max_entries)
         self._duplicates = metrics.events_dropped.labels(self.name, "duplicate")
 
     def add_routes(self, app: web.Application) -> None:
