@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, list[str]] = {
     "eventd/sinks/spool.py": ["tests/test_spool.py", "tests/test_spool_properties.py"],
     "eventd/sinks/kafka.py": ["tests/test_sink_kafka.py", "tests/test_sink_kafka_prefix.py"],
-    "eventd/sinks/policy.py": ["tests/test_sink_policy.py"],
-    "eventd/sinks/lane.py": ["tests/test_sink_lane.py"],
+    "eventd/sinks/policy.py": ["tests/test_sink_policy.py", "tests/test_sink_lane.py"],
+    "eventd/sinks/lane.py": ["tests/test_sink_lane.py", "tests/test_sink_lane_edges.py"],
     "eventd/events/redact.py": [
         "tests/hostile/test_secret_redaction.py",
         "tests/test_redact.py",

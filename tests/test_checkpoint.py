@@ -199,7 +199,11 @@ def test_negative_offset_or_fingerprint_length_is_an_error_naming_the_file(tmp_p
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [(b"not json", "not JSON"), (b'{"version":99}', "not a version"), (b'{"version":1,"path":"x"}', "device")],
+    [
+        (b"not json", "not JSON"),
+        (b'{"version":99}', "not a version"),
+        (b'{"version":1,"path":"x"}', "device"),
+    ],
 )
 def test_errors_name_the_file_and_what_is_wrong(tmp_path, content, words):
     path = tmp_path / "cp.json"
