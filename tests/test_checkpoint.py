@@ -203,6 +203,16 @@ def test_negative_offset_or_fingerprint_length_is_an_error_naming_the_file(tmp_p
         (b"not json", "not JSON"),
         (b'{"version":99}', "not a version"),
         (b'{"version":1,"path":"x"}', "device"),
+        (
+            b'{"version":1,"path":"x","device":1,"inode":2,"offset":"3","fingerprint":"f",'
+            b'"fingerprint_bytes":1,"mtime_ns":0}',
+            "offset is not an integer",
+        ),
+        (
+            b'{"version":1,"path":7,"device":1,"inode":2,"offset":3,"fingerprint":"f",'
+            b'"fingerprint_bytes":1,"mtime_ns":0}',
+            "path is not a string",
+        ),
     ],
 )
 def test_errors_name_the_file_and_what_is_wrong(tmp_path, content, words):
@@ -239,3 +249,13 @@ def test_the_first_save_creates_private_parent_directories(tmp_path):
     assert CheckpointStore(path).save(make(), seq=1)
     assert load_checkpoint(path) == make()
     assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_a_longer_leftover_temporary_file_is_truncated_not_overwritten_in_part(tmp_path):
+    """The temporary file is opened with O_TRUNC: a longer leftover from a
+    crash must not leave its tail after the new, shorter content."""
+    path = tmp_path / "cp.json"
+    (tmp_path / "cp.json.tmp").write_bytes(b"}" * 10_000)
+    write_checkpoint(path, make(100))
+    assert load_checkpoint(path) == make(100)
+    assert path.stat().st_size < 1000

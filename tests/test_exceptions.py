@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
 
 from eventd.engine.ast import Node
+from eventd.engine.errors import RuleError
 from eventd.engine.exceptions import ExceptionDef, expand_condition, read_exceptions, validate
 from eventd.engine.fields import default_registry
 from eventd.engine.loader import load_rules_text
@@ -280,3 +282,18 @@ def test_values_keep_their_yaml_text(value: str) -> None:
     """yaml-cpp keeps scalars as written; PyYAML would turn ``true`` into ``True``."""
     exs = _ex(f"exceptions: [{{name: e, fields: ka.user.name, values: [{value}]}}]\n")
     assert exs[0].values == (value,)
+
+
+def test_nested_transformers_and_unknown_fields_in_exception_fields() -> None:
+    got = condition_of(
+        exceptions="""
+        exceptions:
+          - name: e
+            fields: [toupper(tolower(ka.user.name))]
+            values: [[ADMIN]]
+        """
+    )
+    assert got == expected("(ka.verb=create) and not ((toupper(tolower(ka.user.name)) = ADMIN))")
+    for bad in ("tolower(ka.no.such)", "nofunc(ka.user.name)", "ka.no.such"):
+        with pytest.raises(RuleError, match=f"'{re.escape(bad)}' is not a supported filter field"):
+            condition_of(exceptions=f"exceptions: [{{name: e, fields: ['{bad}'], values: [[x]]}}]")

@@ -231,3 +231,20 @@ def test_the_longest_of_several_matching_prefixes_wins() -> None:
     assert OutputFormat.compile("%a.b.cd", fields).render(Event("test", {}))[0] == "longd"
     assert OutputFormat.compile("%a.b.c.d", fields).render(Event("test", {}))[0] == "long.d"
     assert OutputFormat.compile("%a.bbx", fields).render(Event("test", {}))[0] == "otherx"
+
+
+def test_leading_zeros_of_a_width_do_not_count_toward_its_length() -> None:
+    assert render("%0000000000007t.str|", s="ab")[0] == "ab     |"
+
+
+def test_only_quotes_are_stripped_from_an_argument() -> None:
+    assert render("%t.key[XmodeX]", m={"XmodeX": "as written", "mode": "stripped"})[0] == "as written"
+
+
+def test_too_many_nested_transformers_are_refused_with_the_limit() -> None:
+    depth = 65
+    fmt = "%" + "tolower(" * depth + "t.str" + ")" * depth
+    with pytest.raises(RuleError, match="more than 64 nested transformers"):
+        OutputFormat.compile(fmt, FIELDS)
+    ok = "%" + "tolower(" * 64 + "t.str" + ")" * 64
+    assert OutputFormat.compile(ok, FIELDS).render(Event("test", {"s": "AB"}))[0] == "ab"

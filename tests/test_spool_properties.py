@@ -11,9 +11,14 @@ acknowledge part, reopen again and compare again.
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,3 +119,73 @@ def test_overflow_then_reopen_before_any_ack(
             check(spool, model)
         finally:
             spool.close()
+
+
+# ------------------------------------------------- a full disk, in process
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes of a file fail with EFBIG (as ENOSPC would),
+    in this process (tests/test_spool.py does it in a child; mutation testing
+    needs the spool's failure paths run in process).  SIGXFSZ is ignored
+    meanwhile so the process is not killed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "block"])
+def test_a_full_disk_drops_or_blocks_leaves_no_half_record_and_recovers(tmp_path: Path, policy: str) -> None:
+    metrics = Metrics()
+    spool = Spool(tmp_path, 1 << 20, policy, metrics, NAME)  # type: ignore[arg-type]
+    try:
+        assert [spool.append(b"a" * 300) for _ in range(3)] == [True] * 3
+        used = max(p.stat().st_size for p in tmp_path.glob("*.seg"))
+        outcomes = []
+        with file_size_limit(used + 400):  # room for one more record and a bit
+            for _ in range(3):
+                try:
+                    outcomes.append(spool.append(b"b" * 300))
+                except SpoolFull as full:
+                    outcomes.append(full.reason)
+        refused = "disk_full" if policy == "block" else False
+        assert outcomes == [True, refused, refused]
+        reason = {"reason": "disk_full", "sink": NAME}
+        dropped_full = metrics.registry.get_sample_value("eventd_sink_dropped_total", reason) or 0
+        assert dropped_full == (0 if policy == "block" else 2)
+        assert spool.depth == 4 and spool.size_bytes == 4 * framed(b"a" * 300)
+    finally:
+        spool.close()
+    # Reopened right after the failed writes: no half record was left behind.
+    spool = Spool(tmp_path, 1 << 20, policy, Metrics(), NAME)  # type: ignore[arg-type]
+    try:
+        assert spool.corrupt_regions == 0
+        assert [r for _, r in spool.peek(10)] == [b"a" * 300] * 3 + [b"b" * 300]
+        assert spool.append(b"c" * 300) is True  # the disk has room again: accepted again
+        assert [r for _, r in spool.peek(10)] == [b"a" * 300] * 3 + [b"b" * 300, b"c" * 300]
+    finally:
+        spool.close()
+
+
+def test_a_disk_that_stays_full_after_everything_was_acknowledged_frees_the_segment(tmp_path: Path) -> None:
+    """Writes fail while every record is acknowledged: the active segment is
+    sealed and released, so its space comes back without a restart."""
+    spool = Spool(tmp_path, 1 << 20, "drop_newest", Metrics(), NAME)
+    try:
+        for _ in range(3):
+            spool.append(b"a" * 300)
+        used = max(p.stat().st_size for p in tmp_path.glob("*.seg"))
+        with file_size_limit(used + 100):
+            assert spool.append(b"b" * 300) is False
+            spool.ack_through(spool.peek(10)[-1][0])
+            assert spool.append(b"b" * 300) is True  # a fresh segment, the old one gone
+        assert [r for _, r in spool.peek(10)] == [b"b" * 300]
+        assert len(list(tmp_path.glob("*.seg"))) == 1
+    finally:
+        spool.close()
