@@ -3,6 +3,10 @@
 The schema (``alert.schema.json``, shipped inside the package) is the
 contract with whoever consumes alerts; sinks' tests validate what they emit
 against it so that a change to the alert shape cannot go unnoticed.
+
+The daemon never validates its own alerts at run time, so ``jsonschema`` is
+a dependency of the ``test`` extra only: this module is for the tests and
+for consumers who want to check alerts (``pip install 'eventd[test]'``).
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ import json
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker, validators
-from jsonschema.exceptions import ValidationError
+try:
+    from jsonschema import Draft202012Validator, FormatChecker, validators
+    from jsonschema.exceptions import ValidationError
+except ImportError as err:  # the runtime install does not have it
+    raise ImportError(
+        "eventd.alert_schema needs jsonschema, which only the test extra installs: pip install 'eventd[test]'"
+    ) from err
 
 SCHEMA_FILE = "alert.schema.json"
 #: How many violations an error message spells out; the rest are counted.

@@ -27,6 +27,8 @@ from eventd.engine.priority import Priority
 from eventd.engine.ruleset import Rule
 from eventd.events.model import FALCO, K8S_AUDIT, Event, event_time_ns
 from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
+from eventd.images import MAX_REFERENCE_LENGTH
+from eventd.images import parse as parse_image
 
 _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
 _NAMESPACE_SHA1 = hashlib.sha1(_UUID_NAMESPACE.bytes, usedforsecurity=False)
@@ -105,6 +107,9 @@ def build_alert(rule: Rule, event: Event, hostname: str) -> Alert:
     when = event_time_ns(event)
     text, fields = rule.output.render(event)
     fields["evt.time"] = when
+    flags = _flag_tokens(rule.output.tokens)
+    if flags:
+        _typed_flags(fields, flags)
     if event.source != K8S_AUDIT and event.doc.get("hostname"):
         hostname = event.doc["hostname"]
     return Alert(
@@ -133,6 +138,7 @@ def falco_passthrough_alert(event: Event) -> Alert:
     fields = dict(doc["output_fields"])
     for name, value in _falco_image_fields(event).items():
         fields.setdefault(name, value)
+    _typed_flags(fields, _FLAG_FIELDS)
     return Alert(
         time_ns=event_time_ns(event),
         rule=doc["rule"],
@@ -148,7 +154,23 @@ def falco_passthrough_alert(event: Event) -> Alert:
 
 
 _FALCO_IMAGE_FIELDS = ("registry", "name", "tag", "digest", "pinned", "valid")
-_K8S_IMAGE_FIELDS = ("ka.req.pod.images", "registry", "name", "tag", "digest")
+#: Yes/no image fields: rules compare them as Falco's "true"/"false" text, but
+#: the alert document carries JSON booleans, whatever the source (one type per
+#: field, as alert.schema.json states).
+_FLAG_FIELDS = ("container.image.pinned", "container.image.valid", "container.image.implicit_latest")
+
+
+@functools.cache
+def _flag_tokens(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    """The yes/no image fields a rule's output names (usually none)."""
+    return tuple(t for t in tokens if t in _FLAG_FIELDS)
+
+
+def _typed_flags(fields: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        value = fields.get(name)
+        if value == "true" or value == "false":
+            fields[name] = value == "true"
 
 
 @functools.cache
@@ -157,30 +179,57 @@ def _getters(source: str, names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]
     return tuple((n, fieldset.bind(FieldRef(n)).get) for n in names)
 
 
+_FALCO_IMAGE_NAMES = tuple(f"container.image.{f}" for f in _FALCO_IMAGE_FIELDS)
+#: Every image of the pod spec as written; ``_image_entry`` adds the parts.
+_POD_RAW_IMAGES = ("ka.req.pod.images.raw",)
+
+
 def _falco_image_fields(event: Event) -> dict[str, Any]:
     if not isinstance(event.doc["output_fields"].get("container.image.repository"), str):
         return {}
-    names = tuple(f"container.image.{f}" for f in _FALCO_IMAGE_FIELDS)
-    return {n: v for n, get in _getters(FALCO, names) if (v := get(event)) is not None}
+    return {n: v for n, get in _getters(FALCO, _FALCO_IMAGE_NAMES) if (v := get(event)) is not None}
 
 
 def _pod_images(event: Event) -> list[dict[str, str]]:
-    """Every container image of the pod spec (any family), normalised."""
-    names = ("ka.req.pod.images.raw", *(f"ka.req.pod.images.{f}" for f in _K8S_IMAGE_FIELDS[1:]))
-    columns = [get(event) for _, get in _getters(K8S_AUDIT, names)]
-    if not columns[0]:
+    """Every container image of the pod spec (any family), normalised.
+
+    Runs once per audit alert: one field read (from the event's field cache
+    when the rule's output printed it), then a cached entry per image.
+    """
+    raw = _getters(K8S_AUDIT, _POD_RAW_IMAGES)[0][1](event)
+    if not raw:
         return []
-    keys = ("image", *_K8S_IMAGE_FIELDS[1:])
-    rows = zip(*(c or () for c in columns), strict=False)
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    return [_image_entry(image) for image in raw]
+
+
+def _image_entry(raw: str) -> dict[str, str]:
+    """One ``eventd.images`` entry: the image as written and its parts.
+
+    The parts are what ``ka.req.pod.images.{registry,name,tag,digest}``
+    give for this image (their list form: ``""`` when absent), taken from
+    one cached parse per distinct image instead of four field extractions
+    per alert; ``tests/test_alert_context.py`` checks they agree.
+    """
+    registry, name, tag, digest = _image_parts(raw) if len(raw) <= MAX_REFERENCE_LENGTH else _parts(raw)
+    return {"image": raw, "registry": registry, "name": name, "tag": tag, "digest": digest}
+
+
+def _parts(raw: str) -> tuple[str, str, str, str]:
+    ref = parse_image(raw)
+    return ref.registry or "", ref.name or "", ref.tag or "", ref.digest or ""
+
+
+#: Cached per image string; longer strings than a valid reference may be
+#: are not cached (``_image_entry``), so the cache pins at most ~16 MB.
+_image_parts = functools.lru_cache(maxsize=4096)(_parts)
 
 
 def alert_context(event: Event) -> dict[str, Any]:
     """The facts a responder needs, in fixed keys whatever the rule printed."""
     doc = event.doc
     if event.source == K8S_AUDIT:
-        ref = doc.get("objectRef") if isinstance(doc.get("objectRef"), dict) else {}
-        user = doc.get("user") if isinstance(doc.get("user"), dict) else {}
+        ref = _mapping(doc.get("objectRef"))
+        user = _mapping(doc.get("user"))
         return {
             "event_source": event.source,
             "origin": event.origin,
@@ -192,7 +241,7 @@ def alert_context(event: Event) -> dict[str, Any]:
             "workload": _workload(ref),
             "images": _pod_images(event),
         }
-    fields = doc.get("output_fields") if isinstance(doc.get("output_fields"), dict) else {}
+    fields = _mapping(doc.get("output_fields"))
     image = _falco_image_fields(event)
     return {
         "event_source": event.source,
@@ -204,12 +253,19 @@ def alert_context(event: Event) -> dict[str, Any]:
         "images": [
             {
                 "image": fields.get("container.image.repository"),
-                **{k: image.get(f"container.image.{k}") for k in ("registry", "name", "tag", "digest")},
+                # "" for an absent part, as in audit alerts: one JSON type per field.
+                **{k: image.get(f"container.image.{k}") or "" for k in ("registry", "name", "tag", "digest")},
             }
         ]
         if image
         else [],
     }
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a hostile event
+    may put anything where an object belongs."""
+    return value if isinstance(value, dict) else {}
 
 
 def _text(value: Any) -> str | None:

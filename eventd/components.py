@@ -1,8 +1,12 @@
 """Which class implements each configured source and sink.
 
-Adding an input or an output is a new module plus one line here; the class
-is imported only when configured (the gRPC stack, say, costs start-up time
-for users who never use it).
+Adding an input or an output is a new module whose class declares its
+``config_key`` (``sinks.webhook``), a section of that name in
+``eventd.config`` and one line here.  The registry is "module:Class" text
+so a class is imported only when configured (the gRPC stack, say, costs
+start-up time for users who never use it); loading a class checks that it
+declares the key it is registered under, and ``tests/test_components.py``
+holds the registry, the classes and the config sections to the same set.
 
 Constructing a source or sink validates it without side effects (files
 readable, TLS loadable, names legal, directories usable) and starts nothing:
@@ -13,16 +17,20 @@ accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import Any
+from typing import Any, Literal
 
-from eventd.config import ConfigError
+from eventd.config import ConfigError, SinksConfig, SourcesConfig
 from eventd.logs import scrub
 from eventd.metrics import Metrics
+from eventd.sinks.base import Sink
 from eventd.sinks.policy import PolicySink
 from eventd.sources.base import Source
 
-#: ``sources.<key>`` -> "module:Class", constructed as ``Class(section, metrics)``.
+Kind = Literal["sources", "sinks"]
+
+#: ``sources.<section>`` -> "module:Class", constructed as ``Class(section, metrics)``.
 SOURCE_CLASSES = {
     "k8s_audit_webhook": "eventd.sources.audit_webhook:AuditWebhookSource",
     "falco_http": "eventd.sources.falco_http:FalcoHttpSource",
@@ -32,7 +40,7 @@ SOURCE_CLASSES = {
     "kafka": "eventd.sources.kafka:KafkaSource",
 }
 
-#: ``sinks.<key>`` -> "module:Class", constructed as ``Class(section, metrics)``.
+#: ``sinks.<section>`` -> "module:Class", constructed as ``Class(section, metrics)``.
 SINK_CLASSES = {
     "stdout": "eventd.sinks.stdout:StdoutSink",
     "file": "eventd.sinks.file:FileSink",
@@ -42,10 +50,43 @@ SINK_CLASSES = {
     "webhook": "eventd.sinks.webhook:WebhookSink",
 }
 
+REGISTRIES: dict[Kind, dict[str, str]] = {"sources": SOURCE_CLASSES, "sinks": SINK_CLASSES}
+_BASES: dict[Kind, type] = {"sources": Source, "sinks": Sink}
 
-def _load(spec: str) -> Any:
+
+class RegistryError(LookupError):
+    """The registry and the classes or config sections disagree: a bug in
+    eventd (a component added in one place only), never a user's mistake."""
+
+
+def component_class(kind: Kind, section: str) -> type[Any]:
+    """The class registered for ``<kind>.<section>``, imported now.
+
+    Refused (``RegistryError``) when nothing is registered there, or when the
+    class declares another ``config_key``: its errors would then name keys
+    the user never wrote."""
+    key = f"{kind}.{section}"
+    spec = REGISTRIES[kind].get(section)
+    if spec is None:
+        raise RegistryError(f"{key}: no class registered for it in eventd/components.py")
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, _BASES[kind])):
+        raise RegistryError(f"{key}: {spec} is not a {_BASES[kind].__name__}")
+    if vars(cls).get("config_key") != key:
+        raise RegistryError(f"{key}: {spec} declares config_key {getattr(cls, 'config_key', None)!r}")
+    return cls
+
+
+def configured(sections: SourcesConfig | SinksConfig) -> list[tuple[str, Any]]:
+    """``(section name, section)`` of every configured section, in the
+    config's order; sections come from ``eventd.config``, not the registry,
+    so one without a registered class is refused rather than never built."""
+    return [
+        (field.name, value)
+        for field in dataclasses.fields(sections)
+        if (value := getattr(sections, field.name)) is not None
+    ]
 
 
 def one_line(err: BaseException) -> str:
@@ -54,36 +95,29 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _construct(spec: str, section: Any, metrics: Metrics, key: str) -> Any:
-    """``Class(section, metrics)``; a constructor's stray ``OSError`` or
-    ``ValueError`` becomes a ``ConfigError`` naming ``key``, so every refusal
-    reads the same (one line, key first) whichever check made it."""
-    cls = _load(spec)
+def _construct(kind: Kind, section: str, config: Any, metrics: Metrics) -> Any:
+    """``Class(config, metrics)``; a constructor's stray ``OSError`` or
+    ``ValueError`` becomes a ``ConfigError`` naming the section, so every
+    refusal reads the same (one line, key first) whichever check made it."""
+    cls = component_class(kind, section)
     try:
-        return cls(section, metrics)
+        return cls(config, metrics)
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
         # scrub: the text of a stray exception may quote a secret it was given.
-        raise ConfigError(key, scrub(one_line(err))) from None
+        raise ConfigError(cls.config_key, scrub(one_line(err))) from None
 
 
-def build_sources(sections: Any, metrics: Metrics) -> list[Source]:
+def build_sources(sections: SourcesConfig, metrics: Metrics) -> list[Source]:
     """Every configured source, constructed (which validates it) but not started."""
-    sources = []
-    for key, spec in SOURCE_CLASSES.items():
-        section = getattr(sections, key)
-        if section is not None:
-            sources.append(_construct(spec, section, metrics, f"sources.{key}"))
-    return sources
+    return [_construct("sources", name, config, metrics) for name, config in configured(sections)]
 
 
-def build_sinks(sections: Any, metrics: Metrics) -> list[PolicySink]:
+def build_sinks(sections: SinksConfig, metrics: Metrics) -> list[PolicySink]:
     """Every configured sink, behind its own filters and dedup (``PolicySink``),
     constructed (which validates it) but not started."""
-    sinks = []
-    for key, spec in SINK_CLASSES.items():
-        section = getattr(sections, key)
-        if section is not None:
-            sinks.append(PolicySink(_construct(spec, section, metrics, f"sinks.{key}"), section, metrics))
-    return sinks
+    return [
+        PolicySink(_construct("sinks", name, config, metrics), config, metrics)
+        for name, config in configured(sections)
+    ]

@@ -167,6 +167,8 @@ class FalcoFileConfig:
     follow: bool = True
     #: With ``follow``: how often to look for new lines, truncation and rotation.
     poll_interval_seconds: float = 0.25
+    #: Longer lines are skipped (reason ``too_large``) without being buffered.
+    max_line_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,8 +343,26 @@ class HttpSinkConfig(SinkConfig):
 class SlackSinkConfig(HttpSinkConfig):
     #: The incoming-webhook URL is a secret: read it from a file.
     webhook_url_file: Path = Path("/etc/eventd/slack/webhook-url")
-    username: str = "eventd"
+    #: Sender name, honoured by legacy incoming webhooks only (a Slack app's
+    #: webhooks post as the app and ignore it); empty: not sent.
+    username: str = ""
     min_priority: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertmanagerSeverity:
+    """The ``severity`` label per Falco priority.  The defaults are the values
+    Alertmanager routing trees and Prometheus rules use (``critical`` pages),
+    grouped as falcosidekick groups them (Error is a warning)."""
+
+    emergency: str = "critical"
+    alert: str = "critical"
+    critical: str = "critical"
+    error: str = "warning"
+    warning: str = "warning"
+    notice: str = "info"
+    informational: str = "info"
+    debug: str = "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,8 +372,12 @@ class AlertmanagerSinkConfig(HttpSinkConfig):
     token_file: Path | None = None
     #: ``endsAt`` = ``startsAt`` + this: Alertmanager resolves silently after.
     resolve_after_seconds: float = 3600.0
-    #: ``generatorURL`` of every alert (a dashboard or runbook link).
+    #: ``generatorURL`` of every alert: an absolute http(s) URL (a dashboard),
+    #: ``{rule}`` replaced by the URL-quoted rule name; empty: none is sent.
     generator_url: str = ""
+    #: ``runbook_url`` annotation, absolute, ``{rule}`` as above; empty: none.
+    runbook_url: str = ""
+    severity: AlertmanagerSeverity = field(default_factory=AlertmanagerSeverity)
     min_priority: str = "warning"
 
 
@@ -387,6 +411,9 @@ class MetricsConfig:
     #: Registries (and registry/path prefixes) counted as trusted in
     #: ``eventd_image_pulls_total``; keep in step with eventd_allowed_registries.
     trusted_registries: tuple[str, ...] = ("myregistry.io", "gcr.io/my-project", "docker.io/library")
+    #: Also export falco-exporter's ``falco_events`` family for received Falco
+    #: alerts (its labels include host and pod names, capped as above).
+    falco_events: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +456,20 @@ class Config:
     rule_matching: Literal["first", "all"] = "first"
     #: Reload rules when a rule file changes (SIGHUP always reloads).
     watch_rules: bool = False
+    #: Give a rule without ``source:`` the one source its fields belong to
+    #: (off: Falco's behaviour, such a rule is a skipped syscall rule).
+    rules_infer_source: bool = False
+    #: Refuse eventd's extensions to the rule language (``pmatch`` and string
+    #: operators on list fields) as Falco would (``--falco-strict``).
+    rules_strict: bool = False
+    #: Gatekeeper Constraint files (AllowedRegistries, K8sAllowedRepos): their
+    #: entries become ``eventd_allowed_registries`` and each adds admission-
+    #: bypass rules honouring its ``match`` (see ``eventd/gatekeeper.py``).
+    gatekeeper_constraints: tuple[str, ...] = ()
+    #: Bounds of the image-pull secret names learned per namespace
+    #: (``ka.target.pull_secret``): entries, and bytes of names.
+    pull_secrets_max_entries: int = 10_000
+    pull_secrets_max_bytes: int = 1024 * 1024
     #: Hostname put in alerts raised from audit events (default: this host, or $NODE_NAME).
     hostname: str = ""
     #: Cluster name added to every alert.
@@ -445,7 +486,12 @@ class Config:
     #: On SIGTERM: how long to drain queues and flush sinks before exiting.
     shutdown_grace_seconds: float = 20.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``auto``: console lines when stderr is a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
+    #: ``auto``: uvloop when installed (the ``uvloop`` extra; on in the
+    #: container image), else asyncio's own loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 DEFAULT_CONFIG = Config(
@@ -591,7 +637,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected host:port, got {_shown(value)}")
         return Listen.parse(value, key)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, {} if value is None else value, key)
     if tp is Path:
         if not isinstance(value, str) or not value or "\0" in value:

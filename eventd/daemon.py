@@ -38,12 +38,13 @@ import structlog
 from eventd.components import build_sinks, build_sources, one_line
 from eventd.config import Config, ConfigError
 from eventd.engine.errors import RuleError
-from eventd.engine.loader import load_rules
+from eventd.engine.fields import pullsecrets
 from eventd.engine.matcher import Matcher
 from eventd.events import redact
 from eventd.gctune import tune_after_startup
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline
+from eventd.ruleload import load_with_options
 from eventd.rulepacks import builtin_rule_files
 from eventd.server import OpsServer
 from eventd.sinks.policy import PolicySink
@@ -112,13 +113,41 @@ def _start_error(key: str, err: BaseException) -> StartError:
     return StartError(key, f"cannot start: {one_line(err)}")
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop ``eventd run`` runs on (``event_loop`` in the config), for
+    ``asyncio.Runner``; None means asyncio's default loop.
+
+    uvloop (libuv) makes the loop's own work (sockets, callbacks, timers)
+    cheaper, which is a visible share of the daemon's CPU per event
+    (bench/bench_e2e.py measures both); ``auto`` uses it when installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "event_loop", "uvloop is not installed (pip install 'eventd[uvloop]')"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def rule_paths(config: Config) -> list[Path]:
     return [Path(p) for p in config.rules] if config.rules else builtin_rule_files()
 
 
 def build_matcher(config: Config) -> Matcher:
     """Load, compile and index the configured rules (raises ``RuleError``/``OSError``)."""
-    return Matcher(load_rules(rule_paths(config)), rule_matching=config.rule_matching)
+    pullsecrets.STORE.configure(config.pull_secrets_max_entries, config.pull_secrets_max_bytes)
+    ruleset = load_with_options(
+        rule_paths(config),
+        infer_source=config.rules_infer_source,
+        gatekeeper_constraints=config.gatekeeper_constraints,
+        strict=config.rules_strict,
+    )
+    return Matcher(ruleset, rule_matching=config.rule_matching)
 
 
 class Daemon:
@@ -150,7 +179,9 @@ class Daemon:
         before it stopped again), both naming the key.
         """
         config = self.config
-        matcher = self._initial_matcher or await asyncio.to_thread(build_matcher, config)
+        matcher = self._initial_matcher
+        if matcher is None:
+            matcher = await asyncio.to_thread(build_matcher, config)
         self._initial_matcher = None
         log.info("rules_loaded", rules=len(matcher.ruleset.rules), files=len(matcher.ruleset.files))
         components = validate(config, self.metrics)
@@ -250,7 +281,7 @@ class Daemon:
             try:
                 await sink.start()
             except Exception as err:
-                raise _start_error(f"sinks.{sink.name}", err) from None
+                raise _start_error(sink.config_key, err) from None
             stack.push_async_callback(self._close_sink, sink)
         self._tasks.append(consumer := asyncio.create_task(self.pipeline.run(), name="pipeline"))
         stack.push_async_callback(self._drain_pipeline, consumer)
@@ -285,7 +316,7 @@ class Daemon:
             if isinstance(err, ConfigError) and not self._started:
                 # A source that cannot listen: a start-up failure, undone and
                 # reported as one line by ``run``'s caller.
-                self._fatal = self._fatal or _start_error(f"sources.{source.name}", err)
+                self._fatal = self._fatal or _start_error(source.config_key, err)
                 self._stop.set()
                 return
             # Sources retry transient errors themselves; reaching here is a

@@ -44,7 +44,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from aiohttp import web
@@ -66,6 +66,19 @@ TLS_SHUTDOWN_SECONDS = 5.0
 _ACCEPT_RESOURCE_MESSAGE = "socket.accept() out of system resource"
 #: The ``reason`` labels of handshake failures (a closed set: bounded cardinality).
 TLS_FAILURE_REASONS = ("no_certificate", "bad_certificate", "alert", "protocol", "timeout", "closed", "other")
+
+
+def listen_failure(listen: object, key: str, err: OSError) -> str:
+    """Why ``listen`` cannot be bound, and for a taken port which key to change
+    (the defaults are the Falco ecosystem's ports: another tool may have one)."""
+    reason = err.strerror or str(err)
+    if err.errno == errno.EADDRINUSE:
+        env = "EVENTD_" + key.upper().replace(".", "__") + "__LISTEN"
+        return (
+            f"cannot listen on {listen}: address already in use (another process has it; "
+            f"set {key}.listen, or {env}, to a free host:port)"
+        )
+    return f"cannot listen on {listen}: {reason}"
 
 
 class Limits(Protocol):
@@ -218,9 +231,7 @@ class HardenedSite(web.BaseSite):
                 lambda: _Connection(self), self.listen.host, self.listen.port, backlog=self._backlog
             )
         except OSError as err:
-            raise ConfigError(
-                f"{self.key}.listen", f"cannot listen on {self.listen}: {err.strerror or err}"
-            ) from None
+            raise ConfigError(f"{self.key}.listen", listen_failure(self.listen, self.key, err)) from None
         _ACTIVE.add(self)
         _AcceptErrors.install(loop).register(self)
 
@@ -233,8 +244,10 @@ class HardenedSite(web.BaseSite):
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)`` actually bound (port 0 picks one)."""
-        assert self._server is not None and self._server.sockets
-        host, port = self._server.sockets[0].getsockname()[:2]
+        # asyncio's Server, or uvloop's (no subclass of it, the same ``sockets``).
+        server = cast(asyncio.Server, self._server)
+        assert server is not None and server.sockets
+        host, port = server.sockets[0].getsockname()[:2]
         return host, port
 
     def capacity(self) -> int:
@@ -307,14 +320,14 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         if not self.site.admit():
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()  # a stream server's (asyncio's or uvloop's)
             return
         self._admitted = True
         ctx = self.site.tls
         if ctx is None:
             self._attach(transport)
             return
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's (no subclass of it)
         transport.pause_reading()  # nothing is read before the TLS layer takes over
         asyncio.get_running_loop().create_task(self._handshake(transport, ctx))
 
@@ -361,8 +374,9 @@ class _Connection(asyncio.Protocol):
         else:  # TLS finished and a request came along before ``_attach``
             self._early.append(data)
 
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
+    def eof_received(self) -> None:
+        if self.inner is not None:  # aiohttp closes on EOF (never keeps a half-open socket)
+            self.inner.eof_received()
 
     def pause_writing(self) -> None:
         if self.inner is not None:
@@ -418,7 +432,7 @@ class _Connection(asyncio.Protocol):
         if self.inner is not None:
             self.inner.force_close()
         elif self.transport is not None:
-            self.transport.abort()
+            cast(asyncio.Transport, self.transport).abort()
 
 
 #: The connection serving each transport, for ``track_requests``.
@@ -466,8 +480,9 @@ class _AcceptErrors:
         return handler
 
     def register(self, site: HardenedSite) -> None:
-        assert site._server is not None
-        for sock in site._server.sockets:
+        server = cast(asyncio.Server, site._server)  # or uvloop's, with the same ``sockets``
+        assert server is not None
+        for sock in server.sockets:
             self._sites[sock.fileno()] = site
 
     def unregister(self, site: HardenedSite) -> None:

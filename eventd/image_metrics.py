@@ -1,10 +1,15 @@
-"""``eventd_image_pulls_total``: which registries the cluster's workloads pull from.
+"""``eventd_image_pulls_total`` (which registries the cluster's workloads pull
+from) and ``container_image_pulls_total`` (per image, for guides' alerts).
 
 Counted from audit events, not from the rules, so the picture is complete
 whatever rules are loaded: every container image of a Pod, or of a workload's
 pod template, that the API server accepted.  What is counted is the image
 references admitted (a Deployment's image is counted again in its ReplicaSet
 and its pods), which is what the trust ratio needs.
+``container_image_pulls_total{image}`` counts creates only (a pod or a
+workload created with that image), the event the hardening guides' alert
+``increase(container_image_pulls_total{image!~"myregistry.io/.*"}[5m]) > 0``
+is written for.
 
 An event counts once: only the ``ResponseComplete`` stage of a successful
 (2xx), non-dry-run ``create``/``update``/``patch`` of the object itself, so
@@ -36,10 +41,21 @@ UNTRUSTED = "untrusted"
 #: registry: a name without ``.``, ``:`` or ``localhost`` is not a host.
 INVALID = "invalid"
 
-#: Pods and every workload resource that embeds a pod template.
-_POD_RESOURCES = frozenset(BY_RESOURCE)
+#: Pods and every workload resource that embeds a pod template.  Only
+#: events about these are counted (the daemon's prefilter keeps them all).
+POD_RESOURCES = frozenset(BY_RESOURCE)
 _WRITES = frozenset(("create", "update", "patch"))
 _EPHEMERAL = "ephemeralcontainers"
+
+
+def may_count(resource: object, subresource: object, verb: object, stage: object) -> bool:
+    """Whether ``ImagePullCounter.observe`` may count an event with these
+    routing values (``ka.target.resource``, ``.subresource``, ``ka.verb``,
+    ``ka.stage``).  The daemon's prefilter decodes every event for which this
+    is true, and ``observe`` counts none for which it is false."""
+    if resource not in POD_RESOURCES or verb not in _WRITES or stage != "ResponseComplete":
+        return False
+    return subresource is None or (subresource == _EPHEMERAL and resource == "pods")
 
 
 class ImagePullCounter:
@@ -74,23 +90,17 @@ class ImagePullCounter:
         # (registry label, trust) -> counter child; bounded because the
         # registry label is capped.
         self._children: dict[tuple[str, str], Any] = {}
+        # image label -> child of container_image_pulls_total (capped too).
+        self._image_children: dict[str, Any] = {}
 
     def observe(self, event: Event) -> None:
         """Count the images of ``event`` if it is an accepted pod or workload write."""
         if event.source != K8S_AUDIT:
             return
-        resource = self._resource(event)
-        if resource not in _POD_RESOURCES or self._verb(event) not in _WRITES:
+        resource, subresource = self._resource(event), self._subresource(event)
+        if not may_count(resource, subresource, self._verb(event), self._stage(event)):
             return
-        if self._stage(event) != "ResponseComplete":
-            return
-        subresource = self._subresource(event)
-        if subresource is None:
-            registries, names = self._images
-        elif subresource == _EPHEMERAL and resource == "pods":
-            registries, names = self._ephemeral
-        else:
-            return
+        registries, names = self._images if subresource is None else self._ephemeral
         code = self._code(event)
         if code is None or len(code) != 3 or code[0] != "2":
             return
@@ -100,8 +110,11 @@ class ImagePullCounter:
         found = names(event)
         if not found:
             return
+        created = self._verb(event) == "create" and subresource is None
         for registry, name in zip(registries(event), found, strict=True):
             self._count(registry, name)
+            if created:
+                self._count_image(name)
 
     def _count(self, registry: str, name: str) -> None:
         if name:
@@ -114,4 +127,15 @@ class ImagePullCounter:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._metrics.image_pulls.labels(*key)
+        child.inc()
+
+    def _count_image(self, name: str) -> None:
+        """``container_image_pulls_total{image}``: the label is the normalised
+        repository (``docker.io/library/nginx``: registry and path, no tag or
+        digest), so a guide's ``image!~"myregistry.io/.*"`` sees the registry
+        first; invalid references count as ``invalid``."""
+        label = self._metrics.capped("image", name) if name else INVALID
+        child = self._image_children.get(label)
+        if child is None:
+            child = self._image_children[label] = self._metrics.container_image_pulls.labels(label)
         child.inc()

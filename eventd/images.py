@@ -80,9 +80,11 @@ class ImageRef:
 
     def __post_init__(self) -> None:
         # Precomputed once per distinct image (parse is cached), read per event.
-        valid = self.domain is not None and self.path is not None
-        object.__setattr__(self, "_name", f"{self.domain}/{self.path}" if valid else None)
-        object.__setattr__(self, "_familiar", _familiarize(self.domain, self.path) if valid else None)
+        domain, path = self.domain, self.path
+        valid = domain is not None and path is not None
+        object.__setattr__(self, "_name", f"{domain}/{path}" if valid else None)
+        familiar = _familiarize(domain, path) if domain is not None and path is not None else None
+        object.__setattr__(self, "_familiar", familiar)
 
     @property
     def registry(self) -> str | None:

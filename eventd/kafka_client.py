@@ -11,6 +11,11 @@ Problems raise ``ConfigError`` naming the key, never a bare ``OSError``.
 The password file is a ``SecretFile``: validated at the first read (no line
 break or control character), and a rotation to a bad value keeps the last
 good password (warned about and counted) instead of stopping the client.
+
+Each client is created inside its ``KafkaClientLog`` context, so what the
+library logs from the client's tasks is folded under the client's name
+(``eventd.logs``) and its first error counted at once, not only when a
+request times out half a minute later.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from eventd.config import ClientTLS, ConfigError, KafkaSASL
+from eventd.logs import KafkaClientLog, kafka_client_context
 from eventd.metrics import Metrics
 from eventd.secretfile import SecretFile
 
@@ -128,14 +134,26 @@ class ConsumedOffsets:
     is_current: Callable[[], bool]
 
 
-async def started_producer(options: dict[str, Any]) -> AIOKafkaProducer:
+def sink_client_log(sink: str, config_key: str, metrics: Metrics) -> KafkaClientLog:
+    """The fold state of a sink's producer (named by its ``config_key`` in
+    logs): the library's first error of a failure counts in
+    ``eventd_sink_failures_total{sink=<sink>, reason="connection"}``."""
+    failures = metrics.sink_failures.labels(sink, "connection")
+    return KafkaClientLog(config_key, on_failure=failures.inc)
+
+
+async def started_producer(
+    options: dict[str, Any], client_log: KafkaClientLog | None = None
+) -> AIOKafkaProducer:
     """An aiokafka producer, started; stopped again if starting fails (a
-    half-started producer keeps connections and tasks)."""
-    producer = AIOKafkaProducer(**options)
-    try:
-        await producer.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        raise
+    half-started producer keeps connections and tasks).  Created and started
+    in ``client_log``'s context: its tasks' log records are folded there."""
+    with kafka_client_context(client_log) if client_log is not None else contextlib.nullcontext():
+        producer = AIOKafkaProducer(**options)
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
     return producer

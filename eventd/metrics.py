@@ -3,12 +3,30 @@
 Names follow Prometheus conventions (``eventd_<what>_total``) and label
 values that come from events are few and fixed here: source names, reject
 reasons, rule names and priority names.  Events never put pod, host or user
-names into labels (falcosidekick's cardinality explosions).
+names into eventd's own labels (falcosidekick's cardinality explosions).
+
+Two families exist for what people already run:
+
+* the client library's default collectors (``process_*``: CPU, memory,
+  descriptors, start time; ``python_info`` and ``python_gc_*``), which
+  every Prometheus exporter has and generic dashboards and alerts use;
+* optionally (``metrics.falco_events``), falco-exporter's ``falco_events``
+  family, so the dashboards and alerts built on falco-exporter keep working
+  when eventd receives Falco's alerts instead.  Its labels are
+  falco-exporter's, host and pod names included, so every event-derived
+  value goes through ``capped`` (``metrics.label_value_cap`` values per
+  label, the rest as ``other``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -17,9 +35,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric, UnknownMetricFamily
+from prometheus_client.registry import Collector
 
 from eventd import __version__
 from eventd.config import MetricsConfig
+
+if TYPE_CHECKING:
+    from eventd.alerts import Alert
 
 # ``*_created`` series double every labelled counter for no use on dashboards.
 disable_created_metrics()
@@ -28,12 +51,23 @@ disable_created_metrics()
 class Metrics:
     """All metrics of one eventd process."""
 
-    def __init__(self, label_value_cap: int = 100, label_value_max_length: int = 128) -> None:
+    def __init__(
+        self, label_value_cap: int = 100, label_value_max_length: int = 128, falco_events: bool = False
+    ) -> None:
         self.label_value_cap = label_value_cap
         self.label_value_max_length = label_value_max_length
         self._label_values: dict[str, set[str]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process and platform collectors read /proc and the interpreter
+        # at scrape time; the library's instances are stateless, so every
+        # registry can hold them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        self.falco_events: FalcoEvents | None = None
+        if falco_events:
+            self.falco_events = FalcoEvents(self)
+            r.register(self.falco_events)
         self.events_received = Counter(
             "eventd_events_received_total", "Events decoded and accepted, by source.", ["source"], registry=r
         )
@@ -177,12 +211,25 @@ class Metrics:
             ["registry", "trust"],
             registry=r,
         )
+        # The name hardening guides alert on (no eventd_ prefix on purpose).
+        self.container_image_pulls = Counter(
+            "container_image_pulls_total",
+            "Container images in created pods and workload templates, by normalised repository "
+            "without tag or digest (capped, overflow in 'other').",
+            ["image"],
+            registry=r,
+        )
         self.build_info = Info("eventd_build", "eventd version.", registry=r)
         self.build_info.info({"version": __version__})
 
     @classmethod
     def configured(cls, config: MetricsConfig) -> Metrics:
-        return cls(config.label_value_cap, config.label_value_max_length)
+        return cls(config.label_value_cap, config.label_value_max_length, config.falco_events)
+
+    def falco_alert(self, alert: Alert) -> None:
+        """Count a Falco alert eventd received in ``falco_events`` (when on)."""
+        if self.falco_events is not None:
+            self.falco_events.observe(alert)
 
     def capped(self, label: str, value: str) -> str:
         """``value`` cut to ``label_value_max_length`` characters, or ``other``
@@ -201,3 +248,64 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text format served on ``/metrics``."""
         return generate_latest(self.registry)
+
+
+#: Falco's gRPC ``source`` enum names, which falco-exporter puts in ``source``
+#: (``res.Source.String()``); sources outside the enum are plugins.
+_GRPC_SOURCES = {"syscall": "SYSCALL", "k8s_audit": "K8S_AUDIT", "internal": "INTERNAL"}
+
+
+class FalcoEvents(Collector):
+    """falco-exporter's ``falco_events{rule,priority,hostname,source,k8s_ns_name,k8s_pod_name}``.
+
+    Label values as falco-exporter sets them (pkg/exporter/exporter.go in
+    falcosecurity/falco-exporter): ``priority`` is the number of Falco's
+    priority (0 Emergency ... 7 Debug), ``source`` the gRPC enum name
+    (``SYSCALL``, ``K8S_AUDIT``, ``INTERNAL``, ``PLUGIN``), the Kubernetes
+    names come from ``k8s.ns.name`` and ``k8s.pod.name`` ("" when absent).
+
+    The family is exposed as ``untyped``: falco-exporter's counter is named
+    ``falco_events`` without the ``_total`` suffix, which this client library
+    adds to every counter sample; the name, not the type, is what queries
+    (``rate(falco_events[5m])``) depend on.
+    """
+
+    NAME = "falco_events"
+    LABELS = ("rule", "priority", "hostname", "source", "k8s_ns_name", "k8s_pod_name")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._counts: dict[tuple[str, ...], int] = {}
+
+    def observe(self, alert: Alert) -> None:
+        capped = self._metrics.capped
+        fields = alert.output_fields
+        key = (
+            capped("falco_rule", alert.rule),
+            str(int(alert.priority)),
+            capped("falco_hostname", alert.hostname),
+            _GRPC_SOURCES.get(alert.source, "PLUGIN"),
+            self._capped("falco_k8s_ns_name", fields.get("k8s.ns.name")),
+            self._capped("falco_k8s_pod_name", fields.get("k8s.pod.name")),
+        )
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _capped(self, label: str, value: object) -> str:
+        """Falco's ``<NA>`` and null are "" (as falco-exporter's missing
+        fields), which takes no place under the cap."""
+        if not isinstance(value, str) or value in ("", "<NA>"):
+            return ""
+        return self._metrics.capped(label, value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = UnknownMetricFamily(
+            self.NAME,
+            "Falco alerts received, with falco-exporter's labels (metrics.falco_events).",
+            labels=self.LABELS,
+        )
+        for key, count in list(self._counts.items()):
+            family.add_metric(key, count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield UnknownMetricFamily(self.NAME, "", labels=self.LABELS)

@@ -30,10 +30,12 @@ from collections.abc import Sequence
 import structlog
 
 from eventd.alerts import Alert, build_alert, falco_passthrough_alert
+from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
+from eventd.engine.index import Prefilter
 from eventd.engine.matcher import Matcher
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO
-from eventd.image_metrics import ImagePullCounter
+from eventd.image_metrics import POD_RESOURCES, ImagePullCounter, may_count
 from eventd.metrics import Metrics
 from eventd.sinks.base import Sink
 from eventd.sinks.lane import LaneClosed, SinkLane
@@ -77,6 +79,7 @@ class Pipeline:
         self._closing = False
         #: Per source: completion of the newest batch (batches complete in order).
         self._last_completion: dict[str, asyncio.Future[None]] = {}
+        self._record_filter: tuple[Matcher, RecordFilter | None] | None = None
 
     @property
     def queued(self) -> int:
@@ -108,6 +111,15 @@ class Pipeline:
         """Within ``queue_max_bytes`` (a batch larger than it alone goes in
         when the queue holds no bytes)."""
         return not self._queued_bytes or self._queued_bytes + batch.size <= self._max_bytes
+
+    def record_filter(self) -> RecordFilter | None:
+        """The current rule set's filter for raw records (see ``RecordFilter``);
+        None when the rules read a field no record header carries."""
+        matcher = self.matcher
+        cached = self._record_filter
+        if cached is None or cached[0] is not matcher:
+            cached = self._record_filter = (matcher, RecordFilter.build(matcher, self.metrics))
+        return cached[1]
 
     def rejected(self, source: str, error: DecodeError | str, count: int = 1) -> None:
         reason = error.reason if isinstance(error, DecodeError) else error
@@ -180,7 +192,11 @@ class Pipeline:
 
     async def _process(self, batch: Batch) -> None:
         started = time.perf_counter()
-        alerts = await self._match(batch, self.matcher)  # one rule set for the whole batch
+        # One rule set for the whole batch: the one its source prefiltered it
+        # with, if any (a reload in between must not judge the events the
+        # source skipped and the ones it kept by two different rule sets).
+        matcher = batch.prefiltered_with if isinstance(batch.prefiltered_with, Matcher) else self.matcher
+        alerts = await self._match(batch, matcher)
         if self.cluster:
             for alert in alerts:
                 alert.context["cluster"] = self.cluster
@@ -218,13 +234,15 @@ class Pipeline:
                 await asyncio.sleep(0)  # let inputs and the ops server run
                 slice_ends = time.perf_counter() + MATCH_SLICE_SECONDS
             self.image_pulls.observe(event)
+            learn_pull_secrets(event)  # ka.target.pull_secret (issue 13)
             if event.source == FALCO:
                 # Falco alerts are alerts already: forward them, enriched.  Their
                 # rule names come from the sender, so the label is capped.
                 passed = falco_passthrough_alert(event)
-                rule = metrics.capped("falco_rule", passed.rule)
-                source = metrics.capped("falco_source", passed.source)
-                metrics.alerts.labels(rule, passed.priority.label, source).inc()
+                rule_label = metrics.capped("falco_rule", passed.rule)
+                source_label = metrics.capped("falco_source", passed.source)
+                metrics.alerts.labels(rule_label, passed.priority.label, source_label).inc()
+                metrics.falco_alert(passed)  # falco-exporter's family, when on
                 alerts.append(passed)
             rules = matcher.match(event)
             if rules:
@@ -237,6 +255,60 @@ class Pipeline:
         if matched_events:
             metrics.events_matched.labels(batch.source).inc(matched_events)
         return alerts
+
+
+#: Resources whose events ``_match`` feeds to observers other than the rules.
+_OBSERVED = POD_RESOURCES | {"serviceaccounts", "secrets"}
+_WRITES = frozenset(("create", "update", "patch"))
+
+
+def _observed(resource: object, subresource: object, verb: object, stage: object) -> bool:
+    """Whether an event with these routing values may teach the observers
+    ``_match`` runs on every event, rules or not, so it must be decoded:
+    ``image_metrics`` (``may_count``) and the image-pull-secret store
+    (``ka.target.pull_secret``: writes of pods, workloads, ServiceAccounts
+    and Secrets, object itself, ``ResponseComplete``)."""
+    if verb not in _WRITES or stage != "ResponseComplete":
+        return False
+    return not subresource or may_count(resource, subresource, verb, stage)
+
+
+class RecordFilter:
+    """Which raw records a source may drop before decoding them, for one rule set.
+
+    A record (a Kafka message, a line of the audit log) whose header shows
+    that no rule can match it, and that ``image_metrics`` would not count (a
+    pod or workload write), produces nothing downstream: decoding it, with
+    redaction and an ``Event`` object, is pure cost.  The verdict is the
+    rule index's own (``engine.index.Prefilter``), so it changes no alert;
+    Falco alerts are never dropped (the daemon forwards each one).  Dropped
+    records are still counted in ``eventd_events_received_total``.
+
+    A source asks the pipeline for the current filter once per batch, uses
+    it for every record of the batch and hands it back in
+    ``Batch.prefiltered_with``, so the whole batch meets one rule set even
+    across a reload.
+    """
+
+    __slots__ = ("_received", "matcher", "skippable")
+
+    def __init__(self, matcher: Matcher, prefilter: Prefilter, metrics: Metrics) -> None:
+        self.matcher = matcher
+        #: ``skippable(record)``: True when the record can be dropped.
+        self.skippable = prefilter.skippable
+        self._received = metrics.events_received
+
+    @classmethod
+    def build(cls, matcher: Matcher, metrics: Metrics) -> RecordFilter | None:
+        prefilter = Prefilter.build(
+            matcher.indexes, keep_resources=_OBSERVED, keep_when=_observed, keep_falco_alerts=True
+        )
+        return None if prefilter is None else cls(matcher, prefilter, metrics)
+
+    def skipped(self, source: str, count: int) -> None:
+        """Count ``count`` dropped records of ``source`` as received events."""
+        if count:
+            self._received.labels(source).inc(count)
 
 
 def _all_done(

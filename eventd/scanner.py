@@ -34,9 +34,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from eventd.alerts import Alert, build_alert
+from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
 from eventd.engine.matcher import Matcher
 from eventd.engine.priority import Priority
 from eventd.engine.ruleset import RuleSet
@@ -90,7 +91,10 @@ def open_input(path: str) -> tuple[BinaryIO, BinaryIO]:
     Returns ``(lines, raw)``: ``raw`` is the underlying file, whose position
     tells progress; gzip is detected by its magic bytes, not by the name.
     """
-    raw: io.BufferedReader = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    # cast: binary stdin is a BufferedReader (buffered, as Python opens it);
+    # typeshed types ``sys.stdin.buffer`` as any ``BinaryIO``.
+    stdin = cast(io.BufferedReader, sys.stdin.buffer)
+    raw = stdin if path == "-" else open(path, "rb")  # noqa: SIM115
     head = raw.peek(2)[:2]
     if head == _GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
@@ -260,11 +264,12 @@ class Scanner:
                 raise NotAuditData(f"{name}: not audit data ({self._first_error})") from None
             return
         self._good += 1
-        for err in errors:
-            self._reject(name, lineno, err)
+        for error in errors:
+            self._reject(name, lineno, error)
         match = self.matcher.match
         for event in events:
             stats.events += 1
+            learn_pull_secrets(event)  # ka.target.pull_secret (issue 13)
             for rule in match(event):
                 if rule.priority <= self.min_priority:
                     self._emit(build_alert(rule, event, self.hostname))

@@ -40,16 +40,21 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Module -> the test files that exercise it (fast: seconds, not minutes).
 MODULES: dict[str, list[str]] = {
     "eventd/sinks/spool.py": [
+        "tests/test_spool_edges.py",
         "tests/test_spool.py",
         "tests/test_spool_properties.py",
         "tests/faults/test_damaged_state.py",
     ],
     "eventd/sinks/kafka.py": ["tests/test_sink_kafka.py", "tests/test_sink_kafka_prefix.py"],
     "eventd/sinks/policy.py": ["tests/test_sink_policy.py", "tests/test_sink_lane.py"],
-    "eventd/sinks/lane.py": ["tests/test_sink_lane.py", "tests/test_sink_lane_edges.py"],
+    "eventd/sinks/lane.py": [
+        "tests/test_sink_lane_bounds.py",
+        "tests/test_sink_lane.py",
+        "tests/test_sink_lane_edges.py",
+    ],
     "eventd/events/redact.py": [
         "tests/hostile/test_secret_redaction.py",
-        "tests/test_redact.py",
+        "tests/test_redact_inprocess.py",
         "tests/test_decode.py",
         "tests/test_wrappers.py",
     ],
@@ -64,17 +69,20 @@ MODULES: dict[str, list[str]] = {
         "tests/test_source_audit_webhook_dedup.py",
     ],
     "eventd/sources/http_input.py": [
+        "tests/test_http_input_inprocess.py",
         "tests/test_source_audit_webhook.py",
         "tests/test_source_falco_http.py",
         "tests/hostile/test_endpoints.py",
     ],
-    "eventd/sources/kafka.py": ["tests/test_source_kafka.py"],
+    "eventd/sources/kafka.py": ["tests/test_source_kafka_offsets.py", "tests/test_source_kafka.py"],
     "eventd/pipeline.py": [
+        "tests/test_pipeline_edges.py",
         "tests/test_pipeline_hooks.py",
         "tests/test_pipeline_delivery.py",
         "tests/test_metrics_exposition.py",
     ],
     "eventd/engine/exceptions.py": [
+        "tests/test_exceptions_errors.py",
         "tests/test_exceptions.py",
         "tests/test_loader_errors.py",
         "tests/test_loader.py",
@@ -91,8 +99,10 @@ EXTRA_ARGS: dict[str, list[str]] = {
     "eventd/events/redact.py": ["-k", "not scan_ and not daemon_"],
 }
 
-#: mutmut's exit-code statuses we count as "killed" (the tests noticed).
-KILLED = {"killed", "timeout", "caught by type check"}
+#: mutmut's exit-code statuses we count as "killed" (the tests noticed): a
+#: mutant that crashes the test process (``segfault``: endless recursion in C
+#: code) fails the run as surely as a failing assertion.
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
 def slug(module: str) -> str:
@@ -117,8 +127,9 @@ def copy_tree(dest: Path) -> None:
     shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
 
 
-def configure(tree: Path, module: str, tests: list[str]) -> None:
-    """Point mutmut at one module and its tests (appended to the copy's pyproject)."""
+def configure(tree: Path, module: str, tests: list[str], debug: bool = False) -> None:
+    """Point mutmut at one module and its tests (appended to the copy's pyproject);
+    ``debug`` makes mutmut print each pytest command and its exit code."""
     present = [t for t in tests if (tree / t).exists()]
     config = {
         "source_paths": ["eventd"],
@@ -132,6 +143,7 @@ def configure(tree: Path, module: str, tests: list[str]) -> None:
         "timeout_multiplier": 10.0,
         "timeout_constant": 5.0,
         "use_git_change_detection": False,
+        "debug": debug,
     }
     lines = ["", "[tool.mutmut]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in config.items()]
@@ -162,16 +174,20 @@ def diff_of(tree: Path, name: str) -> str:
     ).stdout
 
 
-def run_module(module: str, workdir: Path, max_children: int) -> None:
+def run_module(
+    module: str, workdir: Path, max_children: int, mutants: list[str] | None = None, debug: bool = False
+) -> None:
+    """Mutate ``module`` in a fresh copy; ``mutants``: only these mutant names
+    (``fnmatch`` patterns such as ``eventd.sources.kafka.x_decode*``)."""
     tree = workdir / slug(module)
     copy_tree(tree)
-    configure(tree, module, MODULES[module])
+    configure(tree, module, MODULES[module], debug)
     env = {**os.environ, "PYTHONPATH": ""}
     env.pop("CI", None)
     print(f"mutation: {module} in {tree}", file=sys.stderr, flush=True)
     with open(tree / "mutmut.log", "w") as log:
         subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(mutants or [])],
             cwd=tree,
             env=env,
             stdout=log,
@@ -210,8 +226,9 @@ def summarise(trees: dict[str, Path]) -> str:
     """Markdown: a table per module, then every survivor's diff (``trees``:
     module -> the copy of the tree its last run used)."""
     rows = [
-        "| module | mutants | killed | survived | of which log-only | not run | killed % | w/o log-only |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | survived | of which log-only | no tests | not run | killed % "
+        "| w/o log-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     details = []
     for module, tree in trees.items():
@@ -225,7 +242,8 @@ def summarise(trees: dict[str, Path]) -> str:
         score = f"{100.0 * killed / judged:.1f}" if judged else "-"
         rest = judged - logs
         score_wo = f"{100.0 * killed / rest:.1f}" if rest else "-"
-        counts = f"{len(found)} | {killed} | {len(survived)} | {logs} | {len(other)}"
+        untested = sum(1 for name in other if found[name] == "no tests")
+        counts = f"{len(found)} | {killed} | {len(survived)} | {logs} | {untested} | {len(other) - untested}"
         rows.append(f"| {module} | {counts} | {score} | {score_wo} |")
         for name in survived:
             tag = " (log only)" if log_only(diffs[name]) else ""
@@ -233,6 +251,79 @@ def summarise(trees: dict[str, Path]) -> str:
         for name in other:
             details.append(f"### {name} ({found[name]})\n")
     return "\n".join(rows) + "\n\n## Survivors\n\n" + "\n".join(details)
+
+
+def replay(report: Path, workdir: Path, tests: dict[str, list[str]] | None = None) -> str:
+    """Plant every survivor of an earlier ``report.md`` again, in a fresh copy
+    of today's tree, and run the module's tests: which of them the tests
+    written since kill.  Quicker than a new mutmut run (no stats run, no
+    mutants of functions whose mutants all died already), and it follows
+    the code: a survivor whose lines changed since is reported as gone.
+
+    Only survivors that change whole lines are replayed (mutmut's diffs);
+    log-only ones are skipped (they are counted as such in any case).
+    Returns a Markdown list, one line per survivor.
+    """
+    text = report.read_text(encoding="utf-8")
+    tree = workdir / "replay"
+    copy_tree(tree)
+    out = []
+    for block in text.split("\n### ")[1:]:
+        name = block.split("\n", 1)[0].strip()
+        if "(" in name or "```diff" not in block:
+            continue  # log-only, or not checked / no tests
+        diff = block.split("```diff", 1)[1].split("```", 1)[0]
+        lines = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        old = [line[1:] for line in lines if line.startswith("-")]
+        new = [line[1:] for line in lines if line.startswith("+")]
+        module = "eventd/" + "/".join(name.split(".")[1:-1]) + ".py"
+        selection = (tests or MODULES).get(module)
+        if selection is None or not old:
+            continue
+        path = tree / module
+        source = path.read_text(encoding="utf-8")
+        # mutmut shows a method without its class's indentation.
+        for indent in ("", "    "):
+            before, after = (
+                "\n".join(indent + line if line else line for line in part) for part in (old, new)
+            )
+            if source.count(before) == 1:
+                break
+        else:
+            out.append(f"- `{name}`: gone (its lines changed since the run)")
+            continue
+        path.write_text(source.replace(before, after), encoding="utf-8")
+        try:
+            selected = [t for t in selection if (tree / t).exists()]
+            try:
+                result = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        "-x",
+                        "-q",
+                        "-p",
+                        "no:randomly",
+                        "-p",
+                        "no:cacheprovider",
+                        *EXTRA_ARGS.get(module, []),
+                        *selected,
+                    ],
+                    cwd=tree,
+                    env={**os.environ, "PYTHONPATH": str(tree)},
+                    capture_output=True,
+                    timeout=300,
+                    check=False,
+                )
+                verdict = "survived" if result.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                verdict = "killed (hung)"
+        finally:
+            path.write_text(source, encoding="utf-8")
+        out.append(f"- `{name}`: {verdict}")
+        print(out[-1], file=sys.stderr, flush=True)
+    return "\n".join(out) + "\n"
 
 
 def main() -> int:
@@ -243,6 +334,20 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/eventd-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument(
+        "--mutants",
+        action="append",
+        metavar="PATTERN",
+        help="run only the mutants matching PATTERN (fnmatch, repeatable); the rest show as not run",
+    )
+    parser.add_argument("--debug", action="store_true", help="mutmut prints every pytest command it runs")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="REPORT",
+        help="plant the survivors listed in an earlier REPORT (report.md) in today's tree and run the "
+        "tests of the modules given (default: all) against each; writes WORKDIR/replay.md",
+    )
+    parser.add_argument(
         "--survivors",
         action="append",
         type=Path,
@@ -252,6 +357,12 @@ def main() -> int:
     args = parser.parse_args()
     modules = [resolve(m) for m in args.modules] or list(MODULES)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        only = {m: MODULES[m] for m in modules}
+        listing = replay(args.replay, args.workdir, only)
+        (args.workdir / "replay.md").write_text(listing, encoding="utf-8")
+        print(listing)
+        return 0
     trees: dict[str, Path] = {}
     for module in modules:
         if args.survivors:
@@ -259,7 +370,7 @@ def main() -> int:
                 if (workdir / slug(module) / "mutants").exists():
                     trees[module] = workdir / slug(module)
         else:
-            run_module(module, args.workdir, args.max_children)
+            run_module(module, args.workdir, args.max_children, args.mutants, args.debug)
             trees[module] = args.workdir / slug(module)
     report = summarise(trees)
     (args.workdir / "report.md").write_text(report, encoding="utf-8")

@@ -259,3 +259,26 @@ def test_a_longer_leftover_temporary_file_is_truncated_not_overwritten_in_part(t
     write_checkpoint(path, make(100))
     assert load_checkpoint(path) == make(100)
     assert path.stat().st_size < 1000
+
+
+def test_a_directory_in_the_way_of_the_unusable_name_takes_the_next_one(tmp_path):
+    """A damaged checkpoint is kept for a human even when ``cp.json.unusable``
+    is a directory (os.replace cannot put a file there): ``.unusable.1`` then;
+    the error reaches the caller too."""
+    path = tmp_path / "cp.json"
+    path.write_bytes(b"{not json")
+    (tmp_path / "cp.json.unusable").mkdir()
+    (tmp_path / "cp.json.unusable" / "x").write_bytes(b"")
+    loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable) and loaded.reason == "invalid" and loaded.error
+    assert loaded.moved_to == tmp_path / "cp.json.unusable.1"
+    assert loaded.moved_to.read_bytes() == b"{not json"
+    assert not path.exists()
+
+
+def test_an_unreadable_checkpoint_reports_why(tmp_path):
+    path = tmp_path / "cp.json"
+    path.mkdir()
+    loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable) and loaded.reason == "unreadable"
+    assert "directory" in loaded.error.lower()

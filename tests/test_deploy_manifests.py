@@ -649,6 +649,14 @@ def test_falco_posts_its_alerts_to_the_eventd_sidecar(tmp_path: Path) -> None:
         assert "/run/falco" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_falco_exporter_metrics_only_where_falco_alerts_arrive(name: str, tmp_path: Path) -> None:
+    """The sidecar replaces falco-exporter next to Falco: its falco_events
+    family is on there (dashboards built on it keep working), off elsewhere."""
+    config = load_config(materialise(name, tmp_path).config_file, {})
+    assert config.metrics.falco_events is (name == "falco-sidecar")
+
+
 def test_falco_input_would_refuse_a_non_loopback_address(tmp_path: Path) -> None:
     """The control for building the inputs: the same section on 0.0.0.0 is refused."""
     laid = materialise("falco-sidecar", tmp_path)

@@ -135,8 +135,11 @@ def test_alerts_have_severity_and_runbook() -> None:
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("critical", "warning")
         assert {"summary", "description"} <= set(rule["annotations"])
-        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        path, _, anchor = rule["annotations"]["runbook"].partition("#")
         assert path == "deploy/README.md" and anchor in anchors, rule["alert"]
+        # A link only when it leads somewhere: no relative runbook_url.
+        url = rule["annotations"].get("runbook_url")
+        assert url is None or url.startswith(("https://", "http://")), rule["alert"]
 
 
 def test_prometheusrule_carries_the_same_groups() -> None:

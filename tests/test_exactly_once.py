@@ -29,7 +29,7 @@ from eventd.config import Config, ConfigError, KafkaSinkConfig, build
 from eventd.daemon import check_exactly_once
 from eventd.kafka_client import ConsumedOffsets, client_options
 from eventd.metrics import Metrics
-from eventd.sinks.kafka import Router
+from eventd.sinks.kafka import KafkaSink, Router
 from eventd.sinks.kafka_transactions import TransactionalDelivery, TransactionRefused
 from tests.daemon_process import EventdProcess
 from tests.faults.accounting import (
@@ -80,10 +80,10 @@ def _delivery(broker: KafkaBroker, metrics: Metrics) -> TransactionalDelivery:
     cfg = KafkaSinkConfig(bootstrap_servers=(broker.bootstrap,), topic=unique_name("alerts"))
     return TransactionalDelivery(
         lambda: {
-            **client_options(cfg.bootstrap_servers, None, None, key="sinks.kafka"),
+            **client_options(cfg.bootstrap_servers, None, None, key=KafkaSink.config_key),
             "request_timeout_ms": 3000,
         },
-        Router(cfg).message,
+        Router(cfg, KafkaSink.config_key).message,
         unique_name("eventd-test"),
         metrics,
         "kafka",

@@ -190,3 +190,124 @@ def _builtin():
 
         _BUILTIN.append(load_rules(builtin_rule_files()))
     return _BUILTIN[0]
+
+
+# ------------------------------------------------- the daemon's record filter
+
+
+def _with_pull_secret(doc: dict, kind: str) -> dict:
+    """Give a ServiceAccount or pod body an ``imagePullSecrets`` entry, or make
+    a Secret one of the registry-credential type."""
+    if kind == "secret-type":
+        doc["requestObject"] = {"type": "kubernetes.io/dockerconfigjson", "metadata": {"name": "regcred"}}
+    elif kind == "pull-secrets" and isinstance(doc.get("requestObject"), dict):
+        doc["requestObject"].setdefault("spec", {})["imagePullSecrets"] = [{"name": "regcred"}]
+    elif kind == "pull-secrets":
+        doc["requestObject"] = {"imagePullSecrets": [{"name": "regcred"}]}
+    return doc
+
+
+_daemon_events = st.builds(
+    _with_pull_secret,
+    st.builds(
+        audit_event,
+        verb=st.sampled_from(["create", "get", "patch", "delete", "update"]),
+        resource=st.sampled_from(
+            ["pods", "secrets", "leases", "deployments", "cronjobs", "configmaps", "serviceaccounts"]
+        ),
+        subresource=st.sampled_from([None, None, "status", "ephemeralcontainers"]),
+        namespace=st.sampled_from(["prod", "default"]),
+        user=st.sampled_from(["admin", "alice"]),
+        stage=st.sampled_from(["ResponseComplete", "RequestReceived"]),
+        request=st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(["nginx", "evil.io/x:1"]), min_size=1, max_size=2).map(
+                lambda imgs: pod(*imgs)
+            ),
+        ),
+    ),
+    st.sampled_from(["none", "pull-secrets", "secret-type"]),
+)
+
+
+def _image_pulls(events, metrics) -> float:
+    from eventd.image_metrics import ImagePullCounter
+
+    counter = ImagePullCounter(metrics, ["docker.io/library"])
+    for event in events:
+        counter.observe(event)
+    return sum(
+        sample.value
+        for family in metrics.image_pulls.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.one_of(_daemon_events, st.builds(falco_alert)), st.integers(0, 2**32)), max_size=12)
+)
+def test_daemon_record_filter_drops_only_records_that_produce_nothing(items) -> None:
+    """``pipeline.RecordFilter`` (Kafka messages, audit log lines) may drop a
+    record only if no rule matches its event, the image-pull counter counts
+    nothing for it, the image-pull-secret store learns nothing from it, and
+    it is not a Falco alert (those are all forwarded)."""
+    from eventd.engine.fields.pullsecrets import PullSecretStore
+    from eventd.metrics import Metrics
+    from eventd.pipeline import RecordFilter
+
+    for ruleset in (_ruleset(), _builtin(), _ruleset(RULES.split("- rule: Falco alert")[0])):
+        matcher = Matcher(ruleset, rule_matching="all")
+        record_filter = RecordFilter.build(matcher, Metrics())
+        assert record_filter is not None
+        for doc, seed in items:
+            line = _escaping_dumps(doc, random.Random(seed))
+            if not record_filter.skippable(line):
+                continue
+            events, _ = decode_object(doc)
+            assert all(event.source != "falco" for event in events)
+            assert all(matcher.match(event) == [] for event in events)
+            assert _image_pulls(events, Metrics()) == 0
+            store = PullSecretStore()
+            for event in events:
+                store.observe(event)
+            assert len(store) == 0
+
+
+def test_daemon_record_filter_keeps_pod_writes_no_rule_reads() -> None:
+    """A pod create with a trusted image matches no rule here, but the image
+    counter needs it; a lease renewal is dropped."""
+    from eventd.metrics import Metrics
+    from eventd.pipeline import RecordFilter
+
+    only_secrets = RULES.split("- rule: Delete in prod")[0].split("- rule: Secret read")[1]
+    record_filter = RecordFilter.build(Matcher(_ruleset("- rule: Secret read" + only_secrets)), Metrics())
+    assert record_filter is not None
+    assert not record_filter.skippable(orjson.dumps(audit_event(resource="pods", request=pod("nginx"))))
+    assert not record_filter.skippable(orjson.dumps(falco_alert()))
+    assert record_filter.skippable(orjson.dumps(lease_renewal()))
+    # A kubelet's pods/status patch is a pod event that no observer counts.
+    assert record_filter.skippable(orjson.dumps(audit_event(verb="patch", subresource="status")))
+    assert not record_filter.skippable(orjson.dumps(audit_event(resource="serviceaccounts", verb="update")))
+    assert not _skippable(audit_event(resource="secrets", verb="get"))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_daemon_events, st.integers(0, 2**32)), min_size=1, max_size=15))
+def test_a_block_gives_each_line_its_own_verdict_with_kept_resources(items) -> None:
+    """``select_block`` with the daemon's kept resources (``pipeline``'s
+    observers) agrees, line by line, with ``skippable``."""
+    from eventd.engine.index import Prefilter
+    from eventd.image_metrics import POD_RESOURCES, may_count
+
+    lines = [_escaping_dumps(doc, random.Random(seed)) + b"\n" for doc, seed in items]
+    for ruleset in (_ruleset(), _builtin()):
+        indexes = Matcher(ruleset).indexes
+        pre = Prefilter.build(indexes, keep_resources=POD_RESOURCES, keep_when=may_count)
+        assert pre is not None
+        judged = pre.select_block(b"".join(lines))
+        assert judged is not None  # every line is one Event with an auditID
+        count, wanted = judged
+        assert count == len(lines)
+        assert wanted == [i for i, line in enumerate(lines) if not pre.skippable(line)]

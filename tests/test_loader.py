@@ -392,13 +392,16 @@ def test_redefinition_keeps_position_but_replaces_everything() -> None:
 def test_skip_if_unknown_filter() -> None:
     rs = load(k8s_rule("Cond", cond="ka.future.field=1", skip_if_unknown_filter="true"), k8s_rule("Kept"))
     assert [r.name for r in rs.rules] == ["Kept"]
+    # Falco: LOAD_UNKNOWN_FILTER with the compiler's own message (rule_loader_compiler.cpp)
     assert any(
-        "rule 'Cond': condition: rule skipped: unknown field 'ka.future.field'" in w for w in rs.warnings
+        "rule 'Cond': condition: filter_check called with nonexistent field ka.future.field" in w
+        for w in rs.warnings
     )
+    assert [f.code.name for f in rs.findings] == ["LOAD_UNKNOWN_FILTER"]
     out = k8s_rule("Out", skip_if_unknown_filter="true").replace("seen %ka.user.name", "x %ka.future.field")
     rs = load(out)
     assert rs.rules == ()
-    assert any("rule 'Out': output: rule skipped" in w for w in rs.warnings)
+    assert any("rule 'Out': output: invalid formatting token" in w for w in rs.warnings)
 
 
 def test_skip_if_unknown_filter_does_not_hide_other_errors() -> None:

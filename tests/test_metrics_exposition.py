@@ -40,6 +40,10 @@ SINK_NAMES = ("stdout", "kafka")
 ALLOWED_LABELS = {
     *("source", "reason", "result", "rule", "priority", "sink", "registry", "trust", "version"),
     "listener",
+    # container_image_pulls_total{image}: a normalised repository, capped like registry (issue 13).
+    "image",
+    # The client library's platform and GC collectors (python_info, python_gc_*).
+    *("implementation", "major", "minor", "patchlevel", "generation"),
 }
 #: The listeners' names: the ops server and the HTTP inputs.
 LISTENER_NAMES = ("server", *SOURCE_NAMES)
@@ -189,6 +193,7 @@ def test_label_values_are_fixed_names(exercised: dict[str, Any]) -> None:
     # capped: CAP registries from events, then the overflow and invalid buckets
     assert len(values["registry"] - {"other", INVALID}) == CAP
     assert {"other", INVALID} <= values["registry"]
+    assert len(values["image"] - {"other", INVALID}) == CAP and "other" in values["image"]
 
 
 def _event_values(doc: Any) -> set[str]:
@@ -219,3 +224,63 @@ def test_no_label_carries_event_identity(exercised: dict[str, Any]) -> None:
         if value in identity
     }
     assert not leaked
+
+
+# ------------------------------------------- what existing Falco set-ups read
+
+
+def test_default_process_and_python_collectors(exercised: dict[str, Any]) -> None:
+    """Every exporter's standard families, which generic dashboards use."""
+    names = {s.name for f in text_string_to_metric_families(exercised["text"]) for s in f.samples}
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "python_info",
+        "python_gc_collections_total",
+    ):
+        assert name in names, name
+    assert "falco_events" not in names  # falco-exporter's family is off by default
+
+
+def test_falco_exporter_family_when_switched_on() -> None:
+    """``falco_events`` with falco-exporter's labels and values
+    (pkg/exporter/exporter.go in falcosecurity/falco-exporter: priority as
+    Falco's number, source as the gRPC enum name, k8s names from the output
+    fields), counted for the Falco alerts eventd receives, capped per label."""
+    metrics = Metrics(label_value_cap=CAP, falco_events=True)
+    pipeline = Pipeline(Matcher(load_rules(builtin_rule_files())), [_Recorder()], metrics, hostname="e")
+    alerts = [falco_alert(**{"k8s.pod.name": f"shell-{i}"}) for i in range(CAP + 2)]
+    alerts.append(falco_alert(**{"k8s.ns.name": None, "k8s.pod.name": "<NA>"}))
+    alerts.append({**falco_alert(), "source": "k8saudit-eks", "priority": "Critical", "hostname": "node-2"})
+    batch = Batch([falco_alert_event(a, origin="http") for a in alerts], "falco_http")
+    asyncio.run(_drive(pipeline, [batch]))
+    text = metrics.exposition().decode()
+    assert _promtool(text).returncode == 0, _promtool(text).stdout
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "falco_events"]
+    got = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+    assert all(s.name == "falco_events" for s in family.samples)
+    assert {frozenset(s.labels) for s in family.samples} == {
+        frozenset({"rule", "priority", "hostname", "source", "k8s_ns_name", "k8s_pod_name"})
+    }
+
+    def key(pod: str, ns: str = "default", **over: str) -> tuple[tuple[str, str], ...]:
+        labels = {
+            "rule": "Terminal shell in container",
+            "priority": "5",  # Notice
+            "hostname": "node-1",
+            "source": "SYSCALL",
+            "k8s_ns_name": ns,
+            "k8s_pod_name": pod,
+            **over,
+        }
+        return tuple(sorted(labels.items()))
+
+    assert got == {
+        **{key(f"shell-{i}"): 1.0 for i in range(CAP)},
+        key("other"): 2.0,  # past the cap
+        key("", ns=""): 1.0,  # Falco's <NA> and null
+        key("other", priority="2", hostname="node-2", source="PLUGIN"): 1.0,
+    }

@@ -115,7 +115,11 @@ def test_each_pack_loads_alone_and_in_either_order(ruleset: RuleSet) -> None:
     reverse = load_rules(list(reversed(PACKS)))
     assert sorted(alone) == sorted(r.name for r in ruleset.rules)
     assert {r.name for r in reverse.rules} == set(alone)
-    assert ruleset.warnings == () and reverse.warnings == ()
+    # The packs use eventd's extensions (pmatch and regex on list fields), each
+    # reported as not portable to Falco and explained in the pack's header;
+    # nothing else is warned about.
+    for rs in (ruleset, reverse):
+        assert {f.code.name for f in rs.findings} <= {"EVENTD_NOT_PORTABLE"}
 
 
 def test_rule_metadata(ruleset: RuleSet) -> None:
@@ -175,6 +179,7 @@ TYPICAL = [
     "kube-system-daemonset-quay",
     "secret-get-regcred",
     "secret-get-by-type",
+    "secret-create-registry-credential",
     "serviceaccount-smp-sets-pull-secrets",
     "namespace-patch-enforce-null",
     "falco-alert-suffix-trick",

@@ -103,6 +103,15 @@ async def test_message_has_what_a_responder_needs(h: Harness) -> None:
 
 
 @pytest.mark.asyncio
+async def test_username_is_sent_only_when_configured(h: Harness) -> None:
+    """A Slack app's webhooks ignore ``username`` (only legacy incoming
+    webhooks honour it), so by default none is sent."""
+    await deliver(h.sink(), sample_alert())
+    (req,) = h.receiver.requests
+    assert "username" not in orjson.loads(req.body)
+
+
+@pytest.mark.asyncio
 async def test_long_output_is_cut_to_slack_limits(h: Harness) -> None:
     alert = sample_alert()
     alert.output = "x" * 10_000

@@ -22,7 +22,8 @@ from eventd.config import ConfigError, FalcoFileConfig
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch
-from eventd.sources.falco_file import MAX_LINE_BYTES, FalcoFileSource, LineSplitter
+from eventd.sources.falco_file import MAX_LINE_BYTES, FalcoFileSource
+from eventd.sources.tail import LineSplitter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,24 +105,23 @@ def append(path: Path, *lines: bytes, newline: bool = True) -> None:
     st.lists(st.integers(1, 30), min_size=1, max_size=10),
 )
 def test_splitter_reassembles_lines_across_chunks(lines: list[bytes], sizes: list[int]) -> None:
+    """The shared tailer's splitter (``sources/tail.py``) as this input uses it."""
     data = b"".join(line + b"\n" for line in lines)
-    splitter = LineSplitter(max_line=16)
-    got, dropped, pos, i = [], 0, 0, 0
+    splitter = LineSplitter(0, 16)
+    got, pos, i = [], 0, 0
     while pos < len(data):
         size = sizes[i % len(sizes)]
-        kept, too_long = splitter.feed(data[pos : pos + size])
-        got += kept
-        dropped += too_long
+        got += splitter.feed(data[pos : pos + size])
         pos, i = pos + size, i + 1
-    assert got == [line for line in lines if len(line) <= 16]
-    assert dropped == sum(len(line) > 16 for line in lines)
-    assert splitter.finish() == []
+    assert [line for line, _ in got if line is not None] == [line for line in lines if len(line) <= 16]
+    assert sum(line is None for line, _ in got) == sum(len(line) > 16 for line in lines)
+    assert splitter.flush() is None
 
 
 def test_splitter_returns_an_unterminated_last_line() -> None:
-    splitter = LineSplitter()
-    assert splitter.feed(b"a\nb") == ([b"a"], 0)
-    assert splitter.finish() == [b"b"]
+    splitter = LineSplitter(0, MAX_LINE_BYTES)
+    assert splitter.feed(b"a\nb") == [(b"a", 2)]
+    assert splitter.flush() == (b"b", 3)
 
 
 # ----------------------------------------------------------------- whole files

@@ -158,10 +158,16 @@ async def test_full_pipeline_answers_503(source: FalcoHttpSource, inlet: Recordi
 
 
 @pytest.mark.asyncio
-async def test_test_endpoint_and_healthz(source: FalcoHttpSource, inlet: RecordingInlet) -> None:
+async def test_test_endpoint_healthz_and_ping(source: FalcoHttpSource, inlet: RecordingInlet) -> None:
+    """falcosidekick's probe endpoints and /test (handlers.go in
+    falcosecurity/falcosidekick: /ping answers "pong", /healthz {"status": "ok"})."""
     async with running(source, inlet) as url, aiohttp.ClientSession() as session:
         async with session.get(url + "/healthz") as resp:
             assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
+        async with session.get(url + "/ping") as resp:
+            assert (resp.status, await resp.text()) == (200, "pong\n")
+        async with session.post(url + "/ping") as resp:
+            assert resp.status == 404  # a probe path, not an alert path
         async with session.post(url + "/test") as resp:
             assert resp.status == 200
         async with session.get(url + "/test") as resp:
@@ -186,6 +192,8 @@ async def test_token_guards_posts_but_not_healthz(tmp_path: Path, inlet: Recordi
         assert url.startswith("https://")
         async with session.get(url + "/healthz", ssl=ctx) as resp:
             assert resp.status == 200
+        async with session.get(url + "/ping", ssl=ctx) as resp:
+            assert resp.status == 200  # probes carry no token
         assert (await post(url + "/", orjson.dumps(falco_alert()), ssl=ctx))[0] == 401
         assert (await post(url + "/test", b"", {}, ssl=ctx))[0] == 401
         auth = {"Authorization": "Bearer falco-token", **JSON}
@@ -197,7 +205,8 @@ async def test_token_guards_posts_but_not_healthz(tmp_path: Path, inlet: Recordi
 def test_config_checks() -> None:
     with pytest.raises(ConfigError, match=r"sources\.falco_http\.listen"):
         FalcoHttpSource(config(listen=Listen("0.0.0.0", 2801)), Metrics())
-    with pytest.raises(ConfigError, match=r"sources\.falco_http\.path"):
-        FalcoHttpSource(config(path="/healthz"), Metrics())
+    for reserved in ("/healthz", "/ping", "/test"):
+        with pytest.raises(ConfigError, match=r"sources\.falco_http\.path: .* is reserved"):
+            FalcoHttpSource(config(path=reserved), Metrics())
     with pytest.raises(ConfigError, match=r"sources\.falco_http\.path"):
         FalcoHttpSource(config(path="falco"), Metrics())

@@ -25,6 +25,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="YAML config file (replaces the embedded default; env EVENTD_CONFIG)",
     )
     p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default=None,
+        help="log lines on stderr: JSON objects, or console lines for humans (default: console when "
+        "stderr is a terminal, JSON otherwise; config key log_format)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="validate the config, the rules and every source and sink (files, TLS, names, "
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: the daemon pulls in aiohttp, gRPC and Kafka clients, which
     # `eventd scan` and the other commands do not need to pay for at start-up.
     from eventd.config import ConfigError, load_config
-    from eventd.daemon import Daemon, StartError, build_matcher, validate
+    from eventd.daemon import Daemon, StartError, build_matcher, event_loop_factory, validate
     from eventd.engine.errors import RuleError
     from eventd.logs import configure_logging
 
@@ -48,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         error(f"config refused: {err}")
         return EXIT_USAGE
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, args.log_format or config.log_format)
     try:
         matcher = build_matcher(config)
     except (RuleError, OSError) as err:
@@ -66,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"config ok; {len(matcher.ruleset.rules)} rules loaded; sources: {sources}; sinks: {sinks}")
         return 0
     try:
-        return asyncio.run(Daemon(config, matcher).run())
+        loop_factory = event_loop_factory(config.event_loop)
+    except ConfigError as err:
+        error(f"config refused: {err}")
+        return EXIT_USAGE
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(Daemon(config, matcher).run())
     except StartError as err:  # a port in use, a spool held elsewhere: undone before we get here
         error(f"cannot start: {err}")
         return EXIT_USAGE

@@ -5,22 +5,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import sys
 import zlib
 from collections.abc import Callable
-
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from eventd.alerts import Alert
-from eventd.cli.common import EXIT_INPUT, EXIT_OK, EXIT_USAGE, error, load_ruleset_or_report
+from eventd.cli.common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_falco_strict,
+    add_rule_options,
+    error,
+    load_ruleset_or_report,
+)
 from eventd.engine.matcher import RULE_MATCHING
 from eventd.engine.priority import Priority
 from eventd.events import redact
 from eventd.gctune import tune_after_startup
 from eventd.scanner import DEFAULT_MAX_LINE_BYTES, NotAuditData, Scanner, ScanStats
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 #: Rejected lines printed individually before only counting them.
 MAX_REPORTED_REJECTS = 20
@@ -69,6 +76,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="only alerts at least this severe (e.g. warning)",
     )
     p.add_argument("--rule-matching", choices=RULE_MATCHING, default="first")
+    add_rule_options(p)
+    add_falco_strict(p)
     p.add_argument("--no-prefilter", action="store_true", help="parse and validate every line (slower)")
     p.add_argument(
         "--max-line-bytes",
@@ -113,9 +122,12 @@ class _RejectReporter:
 
 def _alert_writer(fmt: str) -> Callable[[Alert], None]:
     out = sys.stdout.buffer
-    if fmt == "json":
-        return lambda alert: out.write(alert.to_json() + b"\n")
-    return lambda alert: out.write(alert.text_line().encode() + b"\n")
+    render: Callable[[Alert], bytes] = Alert.to_json if fmt == "json" else lambda a: a.text_line().encode()
+
+    def write(alert: Alert) -> None:
+        out.write(render(alert) + b"\n")
+
+    return write
 
 
 def _install_redaction(config_path: str | None) -> bool:
@@ -136,7 +148,12 @@ def _install_redaction(config_path: str | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     if not _install_redaction(args.config):
         return EXIT_USAGE
-    ruleset = load_ruleset_or_report(args.rules)
+    ruleset = load_ruleset_or_report(
+        args.rules,
+        infer_source=args.infer_source,
+        gatekeeper=args.gatekeeper_constraints,
+        strict=args.falco_strict,
+    )
     if ruleset is None:
         return EXIT_USAGE
     tune_after_startup()
@@ -148,25 +165,14 @@ def run(args: argparse.Namespace) -> int:
         prefilter=not args.no_prefilter,
         rule_matching=args.rule_matching,
         min_priority=args.min_priority,
-        hostname=args.hostname or socket.gethostname(),
+        hostname=args.hostname or os.uname().nodename,  # gethostname(), without importing socket
         max_line_bytes=args.max_line_bytes,
     )
     status = EXIT_OK
     interactive = sys.stderr.isatty()
     sizes = {f: _size(f) for f in args.files}
     total = sum(sizes.values())
-    progress = (
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        if interactive and total >= PROGRESS_MIN_BYTES
-        else None
-    )
+    progress = _progress_bar() if interactive and total >= PROGRESS_MIN_BYTES else None
     with progress or contextlib.nullcontext():
         done = 0
         for path in args.files:
@@ -206,7 +212,26 @@ def _size(path: str) -> int:
         return 0
 
 
+def _progress_bar() -> Progress:
+    # rich is imported only when something is drawn: it costs a scan's
+    # start-up about 15 ms (bench/bench_startup.py).
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
 def _print_summary(stats: ScanStats) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(stderr=True)
     totals = Table(title="eventd scan", show_header=False)
     totals.add_column("what")

@@ -8,7 +8,9 @@ the condition text it was parsed from; it is excluded from equality.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field  # ``Check.field`` would shadow ``field``
 from typing import TypeAlias
 
 #: Operators that take no right-hand side.
@@ -65,19 +67,19 @@ class FieldRef:
 @dataclass(frozen=True, slots=True)
 class And:
     children: tuple[Node, ...]
-    pos: int = field(default=0, compare=False)
+    pos: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
     children: tuple[Node, ...]
-    pos: int = field(default=0, compare=False)
+    pos: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
     child: Node
-    pos: int = field(default=0, compare=False)
+    pos: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ class Check:
     field: FieldRef
     op: str
     value: str | tuple[str, ...] | FieldRef | None = None
-    pos: int = field(default=0, compare=False)
+    pos: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +103,13 @@ class MacroRef:
     """A bare identifier in check position: a macro to be expanded."""
 
     name: str
-    pos: int = field(default=0, compare=False)
+    pos: int = dataclass_field(default=0, compare=False)
 
 
 Node: TypeAlias = And | Or | Not | Check | MacroRef
 
 
-def walk(node: Node):
+def walk(node: Node) -> Iterator[Node]:
     """Yield every node of the tree, parents before children."""
     stack = [node]
     while stack:

@@ -10,45 +10,116 @@ left-to-right short-circuit order, and checks that can never be true
 Semantics (falco-rules-language.md §7 to §9):
 
 * a missing value makes every check false except ``exists``;
-* a list-valued field accepts ``exists`` (at least one value), ``in``
-  (every value in the set) and ``intersects`` (at least one value in the
-  set), as in Falco.  eventd also accepts, on list fields, ``pmatch``
-  (every value lies under one of the paths: registry allow-lists) and the
-  string operators ``contains icontains startswith endswith glob iglob
-  regex bcontains bstartswith``, true when *any* value matches (Falco
-  refuses these on list fields, so no Falco rule changes meaning);
+* a list-valued field accepts ``exists``, ``in`` (every value in the set)
+  and ``intersects`` (at least one value in the set), as in Falco.  eventd
+  also accepts, on list fields, ``pmatch`` (every value lies under one of
+  the paths: registry allow-lists) and the string operators ``contains
+  icontains startswith endswith glob iglob regex``, true when *any* value
+  matches.  Falco refuses these, so each use is reported as an
+  ``EVENTD_NOT_PORTABLE`` note, and refused under ``strict``;
+* operators are checked against the field's type as libsinsp 0.23 checks
+  them (``flt_is_comparable``): every ``ka.*``/``json.*`` value is a string
+  (``CHARBUF``), ``len(...)`` a number (``UINT64``), so ``bcontains`` and
+  ``bstartswith`` (buffer operators) are refused, as in Falco;
 * ``val(f)`` or a transformed field on the right compares with that field's
-  value in the same event; both sides must be lists or both single values,
-  and the operator must not be a pattern (``glob``, ``iglob``, ``regex``).
+  value in the same event; the two sides must have the same type and both
+  be lists or neither, and ``pmatch``/``regex`` refuse a field there
+  (libsinsp's ``add_filter_value``).  ``glob``/``iglob`` take one, as in
+  Falco; the pattern then comes from the event, so it is guarded at run
+  time (``MAX_EVENT_PATTERN``) and compiled once per distinct value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from dataclasses import dataclass
+from typing import TypeAlias, cast
 
-from eventd.engine.ast import ALL_OPS, LIST_OPS, And, Check, FieldRef, MacroRef, Node, Not, Or
+from eventd.engine.ast import ALL_OPS, LIST_OPS, TRANSFORMERS, And, Check, FieldRef, MacroRef, Node, Not, Or
 from eventd.engine.errors import FieldError, RuleError
-from eventd.engine.fields.base import BoundField, Extracted, FieldSet
+from eventd.engine.fields.base import BoundField, FieldSet, Scalar
+from eventd.engine.load_result import (
+    WarningCode,
+    field_misused,
+    nonexistent_field,
+    regex_simpler,
+    transformer_misused,
+)
 from eventd.engine.operators import ScalarPredicate, cached_predicate, make_predicate, text_of
+from eventd.engine.parser import parse_lhs as _parse_lhs
 from eventd.events.model import Event
 
 Predicate: TypeAlias = Callable[[Event], bool]
+#: Typed views of a ``BoundField.get``: ``yields_list`` tells which one a
+#: getter is (the value conventions of ``fields.base``); ``Extracted`` cannot.
+ScalarGetter: TypeAlias = Callable[[Event], Scalar | None]
+ListGetter: TypeAlias = Callable[[Event], tuple[Scalar, ...] | None]
 
-#: Operators a list-valued field allows (Falco's three plus eventd's pmatch).
-LIST_FIELD_OPS = frozenset({"exists", "in", "intersects", "pmatch"})
-#: String operators eventd allows on list fields, true when any value matches.
-LIST_ANY_OPS = frozenset(
-    {"contains", "icontains", "startswith", "endswith", "glob", "iglob", "regex", "bcontains", "bstartswith"}
+#: Operators Falco allows on list fields (``flt_is_comparable_any_list``).
+FALCO_LIST_OPS = frozenset({"exists", "in", "intersects"})
+#: eventd's extensions on list fields (not portable to Falco): ``pmatch``
+#: (every value under one of the paths) and string operators (any value).
+LIST_EXTENSION_OPS = frozenset({"pmatch"})
+LIST_ANY_OPS = frozenset({"contains", "icontains", "startswith", "endswith", "glob", "iglob", "regex"})
+#: Operators Falco allows per field type (libsinsp ``filter_compare.cpp``).
+STRING_OPS = frozenset(
+    {
+        "=",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "contains",
+        "in",
+        "exists",
+        "icontains",
+        "startswith",
+        "glob",
+        "pmatch",
+        "endswith",
+        "intersects",
+        "iglob",
+        "regex",
+    }
 )
+NUMERIC_OPS = frozenset({"=", "!=", "<", "<=", ">", ">=", "in", "intersects", "exists"})
 #: Operators whose right-hand side lives in the field's value space, so the
 #: field's ``rhs_normalizer`` applies to it (patterns and bounds are left as
 #: written).
 NORMALISED_OPS = frozenset({"=", "!=", "in", "intersects", "pmatch"})
-#: Operators whose right-hand side is a pattern.  Python's backtracking
-#: matcher is not linear-time like Falco's RE2, so patterns must be constants
-#: written by the rule author, never ``val(f)`` read from an event.
-PATTERN_OPS = frozenset({"glob", "iglob", "regex"})
+#: Operators libsinsp refuses a right-hand-side field for (by enum name).
+NO_RHS_FIELD_OPS = {"pmatch": "PMATCH", "regex": "REGEX"}
+#: The longest pattern read from an event (``glob val(f)``) that is
+#: compiled; a longer one makes the check false.  Globs run in linear time,
+#: this bounds the memory the per-value predicate cache may hold.
+MAX_EVENT_PATTERN = 4096
+#: Characters that make a regex more than a literal (libsinsp's heuristic).
+_RGX_SPECIAL = frozenset(".+*?^$()[]{}|\\")
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A warning found while compiling: Falco's code, text and the check's offset."""
+
+    code: WarningCode
+    text: str
+    offset: int
+
+
+@dataclass(slots=True)
+class Options:
+    """How strict to be and where to report notes (``None``: nowhere)."""
+
+    strict: bool = False
+    notes: list[Note] | None = None
+
+    def note(self, code: WarningCode, text: str, offset: int) -> None:
+        if self.notes is not None:
+            self.notes.append(Note(code, text, offset))
+
+
+_DEFAULT = Options()
 
 
 def _always_true(event: Event) -> bool:
@@ -59,29 +130,34 @@ def _always_false(event: Event) -> bool:
     return False
 
 
-def compile_condition(node: Node, fields: FieldSet) -> Predicate:
+def compile_condition(
+    node: Node, fields: FieldSet, *, strict: bool = False, notes: list[Note] | None = None
+) -> Predicate:
     """Compile a macro-free tree against ``fields``.
 
     Raises ``RuleError`` for a remaining macro reference or an operand an
     operator cannot use, and ``FieldError`` for an unknown field, a bad
     argument or an operator the field does not allow; each carries the
-    offset of the check in the condition text.
+    offset of the check in the condition text.  Warnings (libsinsp's
+    compiler warnings, eventd's extensions) go to ``notes``; ``strict``
+    refuses the extensions as Falco does.
     """
+    opts = Options(strict, notes)
     try:
-        return _compile(node, fields)
+        return _compile(node, fields, opts)
     except RecursionError:
         raise RuleError("condition is nested too deeply to compile", offset=node.pos) from None
 
 
-def _compile(node: Node, fields: FieldSet) -> Predicate:
+def _compile(node: Node, fields: FieldSet, opts: Options) -> Predicate:
     if isinstance(node, Check):
-        return compile_check(node, fields)
+        return compile_check(node, fields, opts)
     if isinstance(node, And):
-        return _conjunction([_compile(c, fields) for c in _flatten(node, And)])
+        return _conjunction([_compile(c, fields, opts) for c in _flatten(node, And)])
     if isinstance(node, Or):
-        return _disjunction([_compile(c, fields) for c in _flatten(node, Or)])
+        return _disjunction([_compile(c, fields, opts) for c in _flatten(node, Or)])
     if isinstance(node, Not):
-        return _negation(_compile(node.child, fields))
+        return _negation(_compile(node.child, fields, opts))
     if isinstance(node, MacroRef):
         raise RuleError(f"Undefined macro '{node.name}' used in filter.", offset=node.pos)
     raise TypeError(f"not a condition node: {node!r}")
@@ -161,10 +237,10 @@ def _negation(pred: Predicate) -> Predicate:
 # -- checks ----------------------------------------------------------------------
 
 
-def compile_check(check: Check, fields: FieldSet) -> Predicate:
+def compile_check(check: Check, fields: FieldSet, opts: Options = _DEFAULT) -> Predicate:
     """Compile one ``field op value`` check (see ``compile_condition``)."""
     try:
-        return _compile_check(check, fields)
+        return _compile_check(check, fields, opts)
     except RuleError as exc:
         raise exc.located(offset=check.pos) from None
 
@@ -175,46 +251,127 @@ def yields_list(bound: BoundField) -> bool:
     return bound.is_list and "len" not in bound.ref.transformers
 
 
-def _compile_check(check: Check, fields: FieldSet) -> Predicate:
+def field_type(bound: BoundField) -> str:
+    """The libsinsp type of the (transformed) value: ``len`` gives a number,
+    everything else eventd extracts is text."""
+    return "UINT64" if "len" in bound.ref.transformers else "CHARBUF"
+
+
+def _bind(fields: FieldSet, ref: FieldRef) -> BoundField:
+    if fields.lookup(ref.name) is None:
+        raise FieldError(nonexistent_field(ref.name if ref.arg is None else f"{ref.name}[{ref.arg}]"))
+    return fields.bind(ref)
+
+
+def _check_operator(op: str, bound: BoundField, is_list: bool, opts: Options, pos: int) -> None:
+    """libsinsp's ``check_op_type_compatibility``, plus eventd's list extensions."""
+    if op == "exists":
+        return
+    if is_list:
+        if op in FALCO_LIST_OPS:
+            return
+        falco = f"filter error: '{op}' operator not supported list filters"
+        if op in LIST_EXTENSION_OPS or op in LIST_ANY_OPS:
+            if opts.strict:
+                raise FieldError(falco)
+            opts.note(
+                WarningCode.EVENTD_NOT_PORTABLE,
+                f"'{op}' on list field '{bound.token}' is an eventd extension (Falco refuses it: {falco})",
+                pos,
+            )
+            return
+        raise FieldError(falco)
+    if field_type(bound) == "UINT64":
+        if op not in NUMERIC_OPS:
+            raise FieldError(f"filter error: '{op}' operator not supported for numeric filters")
+    elif op not in STRING_OPS:
+        raise FieldError(f"filter error: '{op}' operator not supported for string filters")
+
+
+def _compile_check(check: Check, fields: FieldSet, opts: Options) -> Predicate:
     op = "=" if check.op == "==" else check.op
     if op not in ALL_OPS:
         raise RuleError(f"unknown operator '{check.op}'")
-    bound = fields.bind(check.field)
+    bound = _bind(fields, check.field)
     get = bound.get
+    is_list = yields_list(bound)
+    _check_operator(op, bound, is_list, opts, check.pos)
     if op == "exists":
         return lambda ev: get(ev) is not None
-
-    is_list = yields_list(bound)
-    if is_list and op not in LIST_FIELD_OPS and op not in LIST_ANY_OPS:
-        raise FieldError(
-            f"list filter '{bound.token}' only supports operators 'exists', 'in' and "
-            "'intersects' (and eventd's 'pmatch' and string operators, true for any value)"
-        )
     rhs = check.value
     if isinstance(rhs, FieldRef):
-        if op in PATTERN_OPS:
-            raise RuleError(
-                f"operator '{op}' needs a constant pattern, not a field: a pattern taken "
-                "from the event could make matching arbitrarily slow"
-            )
-        return _field_comparison(op, bound, fields.bind(rhs), is_list)
+        return _field_comparison(op, bound, _rhs_field(op, bound, fields, rhs), is_list)
     if (op in LIST_OPS) != isinstance(rhs, tuple) or rhs is None:
         raise RuleError(f"operator '{op}' cannot take the value {rhs!r}")
+    _value_warnings(op, rhs, fields, opts, check.pos)
     rhs = _normalise(bound, op, rhs)
     if isinstance(rhs, tuple) and not rhs:
         return _always_false  # `x in ()` matches nothing, even for lists
     pred = make_predicate(op, rhs)
     if not is_list:
-        return _scalar_check(get, pred)
+        # Cast, as the value conventions say: not ``yields_list``, one scalar or None.
+        return _scalar_check(cast(ScalarGetter, get), pred)
+    # Cast, as the value conventions say: ``yields_list``, a tuple of scalars or None.
+    get_values = cast(ListGetter, get)
     if op == "intersects" or op in LIST_ANY_OPS:
-        return lambda ev: (v := get(ev)) is not None and any(map(pred, v))
-    return lambda ev: (v := get(ev)) is not None and all(map(pred, v))
+        return lambda ev: (v := get_values(ev)) is not None and any(map(pred, v))
+    return lambda ev: (v := get_values(ev)) is not None and all(map(pred, v))
 
 
-def _scalar_check(get: Callable[[Event], Extracted], pred: ScalarPredicate) -> Predicate:
+def _rhs_field(op: str, lhs: BoundField, fields: FieldSet, ref: FieldRef) -> BoundField:
+    """The right-hand-side field, checked as libsinsp's ``add_filter_value`` does."""
+    if op in NO_RHS_FIELD_OPS:
+        raise FieldError(f"operator '{NO_RHS_FIELD_OPS[op]}' doesn't support right-hand side fields")
+    rhs = _bind(fields, ref)
+    lt, ll, rt, rl = field_type(lhs), yields_list(lhs), field_type(rhs), yields_list(rhs)
+    if (lt, ll) != (rt, rl):
+        raise FieldError(
+            f"field '{lhs.ref.name}' has type '{lt}{' (list)' if ll else ''}' while the right-hand "
+            f"side field '{rhs.ref.name}' has incompatible type '{rt}{' (list)' if rl else ''}'"
+        )
+    return rhs
+
+
+def _value_warnings(op: str, rhs: str | tuple[str, ...], fields: FieldSet, opts: Options, pos: int) -> None:
+    """libsinsp's ``check_value_and_add_warnings`` for each constant value."""
+    if opts.notes is None:
+        return
+    for value in rhs if isinstance(rhs, tuple) else (rhs,):
+        if op == "regex" and _regex_is_simple(value):
+            opts.note(WarningCode.LOAD_COMPILE_CONDITION, regex_simpler(value), pos)
+        nospaces = "".join(value.split())
+        ref = _parse_lhs(nospaces)
+        # Declared fields only: a dotted constant (an image host) is not a Falco output key.
+        if ref is not None and not ref.transformers and ref.name in fields.defs:
+            opts.note(WarningCode.LOAD_COMPILE_CONDITION, field_misused(value), pos)
+        for t in (*sorted(TRANSFORMERS), "val"):
+            if len(nospaces) >= len(t) + 2 and nospaces.startswith(t + "(") and nospaces.endswith(")"):
+                opts.note(WarningCode.LOAD_COMPILE_CONDITION, transformer_misused(value), pos)
+
+
+def _regex_is_simple(v: str) -> bool:
+    """libsinsp's heuristic: no regex syntax beyond anchors at the ends and a
+    leading or trailing ``.*``/``.+``/``.?``, so a plain operator would do."""
+    n = len(v)
+    i = 0
+    while i < n:
+        c = v[i]
+        if (i == 0 and c == "^") or (i == n - 1 and c == "$"):
+            i += 1
+            continue
+        if ((i == 0 and n > 1) or i == n - 2) and c == "." and i + 1 < n and v[i + 1] in "+*?":
+            i += 2
+            continue
+        if c in _RGX_SPECIAL:
+            return False
+        i += 1
+    return True
+
+
+def _scalar_check(get: ScalarGetter, pred: ScalarPredicate) -> Predicate:
     def check(ev: Event) -> bool:
         v = get(ev)
-        return v is not None and pred(v)  # type: ignore[arg-type]
+        return v is not None and pred(v)
 
     return check
 
@@ -239,26 +396,25 @@ def _normalise(bound: BoundField, op: str, rhs: str | tuple[str, ...]) -> str | 
 def _field_comparison(op: str, lhs: BoundField, rhs: BoundField, lhs_list: bool) -> Predicate:
     """``lhs op val(rhs)``: the right-hand side is read from the same event,
     and its predicate is built (and cached) per distinct value."""
-    if yields_list(rhs) != lhs_list:
-        kind = "a list" if lhs_list else "a single-valued"
-        raise FieldError(
-            f"'{lhs.token}' is {kind} field, so '{rhs.token}' compared with it with '{op}' must be one too"
-        )
-    get_lhs, get_rhs = lhs.get, rhs.get
+    get_rhs = rhs.get
     list_op = op in LIST_OPS
+    pattern = op in ("glob", "iglob")
     make = cached_predicate
 
-    def predicate_for(value: Extracted) -> ScalarPredicate | None:
+    def predicate_for(value: Scalar | tuple[Scalar, ...]) -> ScalarPredicate | None:
+        if pattern and _too_long(value):
+            return None  # run-time guard: a pattern the event supplies
         if isinstance(value, tuple):
             key: str | tuple[str, ...] = tuple(map(text_of, value))
         else:
-            key = (text_of(value),) if list_op else text_of(value)  # type: ignore[arg-type]
+            key = (text_of(value),) if list_op else text_of(value)
         try:
             return make(op, key)
         except RuleError:  # e.g. the other field's value is not a valid regex
             return None
 
     if not lhs_list:
+        get_lhs = cast(ScalarGetter, lhs.get)  # not ``yields_list``: one scalar or None
 
         def scalar(ev: Event) -> bool:
             a = get_lhs(ev)
@@ -268,14 +424,15 @@ def _field_comparison(op: str, lhs: BoundField, rhs: BoundField, lhs_list: bool)
             if b is None:
                 return False
             pred = predicate_for(b)
-            return pred is not None and pred(a)  # type: ignore[arg-type]
+            return pred is not None and pred(a)
 
         return scalar
 
     every = op != "intersects"
+    get_lhs_values = cast(ListGetter, lhs.get)  # ``yields_list``: a tuple of scalars or None
 
     def listwise(ev: Event) -> bool:
-        a = get_lhs(ev)
+        a = get_lhs_values(ev)
         if a is None:
             return False
         b = get_rhs(ev)
@@ -284,6 +441,12 @@ def _field_comparison(op: str, lhs: BoundField, rhs: BoundField, lhs_list: bool)
         pred = predicate_for(b)
         if pred is None:
             return False
-        return all(map(pred, a)) if every else any(map(pred, a))  # type: ignore[arg-type]
+        return all(map(pred, a)) if every else any(map(pred, a))
 
     return listwise
+
+
+def _too_long(value: Scalar | tuple[Scalar, ...]) -> bool:
+    """Whether an event-supplied pattern (or any of a list's) passes ``MAX_EVENT_PATTERN``."""
+    values = value if isinstance(value, tuple) else (value,)
+    return any(len(text_of(v)) > MAX_EVENT_PATTERN for v in values)

@@ -21,6 +21,7 @@ class RuleError(Exception):
         item: str | None = None,
         key: str | None = None,
         offset: int | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -29,6 +30,9 @@ class RuleError(Exception):
         self.item = item
         self.key = key
         self.offset = offset
+        #: Falco's ``LOAD_ERR_*`` code name (``load_result.ErrorCode``), set
+        #: by the loader stage that refused the text.
+        self.code = code
 
     def located(self, **where: object) -> RuleError:
         """Fill in location attributes that are still unknown; return self."""

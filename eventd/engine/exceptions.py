@@ -9,21 +9,21 @@ with the rest of the condition.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
-from eventd.engine.ast import ALL_OPS, LIST_OPS, TRANSFORMERS
+from eventd.engine.ast import ALL_OPS, LIST_OPS
 from eventd.engine.errors import RuleError
 from eventd.engine.fields.base import FieldSet
 from eventd.engine.lists import quote_item
+from eventd.engine.load_result import Finding, WarningCode, exception_name_not_unique
+from eventd.engine.parser import parse_lhs
 from eventd.engine.yamlsrc import Map, Node, Scalar, Seq, Where, decode_str
 
 #: A ``fields``/``comps``/``values`` entry: a scalar, or a (nested) list.
 Entry: TypeAlias = str | tuple["Entry", ...]
 
 _SCALAR_COMPS = ("in", "pmatch", "intersects")
-_FIELD = re.compile(r"([A-Za-z][A-Za-z0-9_.]*)(?:\[.*\])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ def _valid(entry: Entry | None) -> bool:
     return bool(entry)
 
 
-def read_exceptions(item: Map, where: Where, *, append: bool, warnings: list[str]) -> list[ExceptionDef]:
+def read_exceptions(item: Map, where: Where, *, append: bool, warnings: list[Finding]) -> list[ExceptionDef]:
     """Decode the ``exceptions`` key of a rule item (absent or null: none).
 
     ``append`` is true for appends and overrides, where ``fields`` may be
@@ -82,11 +82,18 @@ def read_exceptions(item: Map, where: Where, *, append: bool, warnings: list[str
         assert name is not None
         key = f"exception '{name}'"
         if any(e.name == name for e in out):
-            raise ex_where.error("Exceptions names in the same object must be unique", key=key)
+            # A warning in Falco (rule_loader_reader.cpp); both are kept.
+            warnings.append(
+                ex_where.finding(
+                    WarningCode.LOAD_EXCEPTION_NAME_NOT_UNIQUE, exception_name_not_unique(name), key=key
+                )
+            )
         if "fields" not in ex and not append:
             raise ex_where.error("Item has no mapping for key 'fields'", key=key)
-        fields = _entry(ex.get("fields"), ex_where, key) if "fields" in ex else None
-        comps = _entry(ex.get("comps"), ex_where, key) if "comps" in ex else None
+        # ``Map.get`` is None exactly when the key is absent.
+        fields_node, comps_node = ex.get("fields"), ex.get("comps")
+        fields = None if fields_node is None else _entry(fields_node, ex_where, key)
+        comps = None if comps_node is None else _entry(comps_node, ex_where, key)
         values: tuple[Entry, ...] = ()
         vals = ex.get("values")
         if vals is not None:
@@ -94,24 +101,23 @@ def read_exceptions(item: Map, where: Where, *, append: bool, warnings: list[str
                 raise ex_where.error("Rule exception values must be a sequence", key=key, line=vals.line)
             values = tuple(_entry(v, ex_where, key) or "" for v in vals.items)
         elif append:
-            warnings.append(ex_where.warning("Overriding/appending exception with no values", key=key))
+            warnings.append(
+                ex_where.finding(
+                    WarningCode.LOAD_APPEND_NO_VALUES,
+                    "Overriding/appending exception with no values",
+                    key=key,
+                )
+            )
         out.append(ExceptionDef(name, fields, comps, values, ex_where))
     return out
 
 
-def _field_name(text: str) -> str:
-    """The field name inside ``tolower(ka.user.name)`` or ``jevt.value[/x]``."""
-    while text.endswith(")"):
-        fn, sep, inner = text[:-1].partition("(")
-        if not sep or fn not in TRANSFORMERS:
-            break
-        text = inner
-    m = _FIELD.fullmatch(text)
-    return m.group(1) if m else text
-
-
 def _check_field(ex: ExceptionDef, field: str, fields: FieldSet | None) -> None:
-    if fields is not None and fields.lookup(_field_name(field)) is None:
+    """Falco's ``is_valid_lhs_field``: a field (or transformed field) the source has."""
+    if fields is None:
+        return
+    ref = parse_lhs(field)
+    if ref is None or fields.lookup(ref.name) is None:
         raise ex.error(f"'{field}' is not a supported filter field")
 
 

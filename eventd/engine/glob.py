@@ -37,14 +37,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 #: A character set as sorted, disjoint, inclusive code-point intervals.
 Chars: TypeAlias = tuple[tuple[int, int], ...]
 #: A pattern token: ``STAR`` or the set of characters one position accepts.
 Token: TypeAlias = Chars | None
 
-STAR: Token = None
+STAR: Final = None  # Final: a constant None, so ``token is STAR`` narrows a Token
 _MAX = 0x10FFFF
 ANY: Chars = ((0, _MAX),)
 NOTHING: Chars = ()
@@ -431,19 +431,20 @@ def compile_glob(pattern: str, fold: bool = False) -> Callable[[str], bool]:
     glob = Glob(pattern, fold)
     if glob.regex is None:
         return lambda text: False
-    literals = [p.literal for p in glob.pieces]
-    if None not in literals:
+    pieces = [p.literal for p in glob.pieces]
+    literals = [lit for lit in pieces if lit is not None]
+    if len(literals) == len(pieces):  # every piece is plain text
         if len(literals) == 1:
             exact = literals[0]
             return lambda text: text == exact
         if len(literals) == 2 and not literals[1]:
             head = literals[0]
-            return lambda text: text.startswith(head)  # type: ignore[arg-type]
+            return lambda text: text.startswith(head)
         if len(literals) == 2 and not literals[0]:
             tail = literals[1]
-            return lambda text: text.endswith(tail)  # type: ignore[arg-type]
+            return lambda text: text.endswith(tail)
         if len(literals) == 3 and not literals[0] and not literals[2]:
             middle = literals[1]
-            return lambda text: middle in text  # type: ignore[operator]
+            return lambda text: middle in text
     fullmatch = glob.regex.fullmatch
     return lambda text: fullmatch(text) is not None

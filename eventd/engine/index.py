@@ -21,6 +21,9 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
+from typing import cast
+
+from msgspec import UNSET
 
 from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or
 from eventd.engine.compiler import compile_condition
@@ -28,7 +31,6 @@ from eventd.engine.fields.base import BoundField, FieldDef, FieldSet
 from eventd.engine.ruleset import Rule
 from eventd.events.header import (
     HEADER_FIELDS,
-    UNSET,
     HeaderError,
     block_decoder,
     header_decoder,
@@ -41,6 +43,12 @@ from eventd.events.model import FALCO, K8S_AUDIT, Event
 Requirements = dict[str, frozenset[str | None]]
 
 _MEMO_LIMIT = 65536
+#: The field ``Prefilter``'s kept resources and its block gate read.
+_RESOURCE = "ka.target.resource"
+#: What ``keep_when`` is given, in order.
+_KEEP_FIELDS = ("ka.target.resource", "ka.target.subresource", "ka.verb", "ka.stage")
+#: ``keep_when(resource, subresource, verb, stage)``: never skip such an event.
+KeepWhen = Callable[[object, object, object, object], bool]
 
 
 def _static_def(fields: FieldSet, ref: FieldRef) -> FieldDef | None:
@@ -162,7 +170,8 @@ class RuleIndex:
         #: Indexed fields: the memo's key fields, then the per-candidate ones.
         self.fields: tuple[BoundField, ...] = tuple(fields.bind(FieldRef(n)) for n in (*low, *high))
         self.memo_width = len(low)
-        self._getters = tuple(f.get for f in self.fields)
+        # Cast: ``indexable`` fields are single-valued text (``FieldDef.indexable``).
+        self._getters = tuple(cast("Callable[[Event], str | None]", f.get) for f in self.fields)
         self._allowed = [tuple(r.get(n) for n in low) for r in reqs]
         self._entries: tuple[_Entry, ...] = tuple(
             (
@@ -270,6 +279,9 @@ class Prefilter:
         "_audit",
         "_event_skippable",
         "_has_falco_rules",
+        "_keep_falco",
+        "_keep_resources",
+        "_keep_when",
         "_missing",
         "_read_high",
         "_read_low",
@@ -277,7 +289,21 @@ class Prefilter:
         "skippable",
     )
 
-    def __init__(self, audit: RuleIndex | None, has_falco_rules: bool) -> None:
+    def __init__(
+        self,
+        audit: RuleIndex | None,
+        has_falco_rules: bool,
+        *,
+        keep_resources: frozenset[str] = frozenset(),
+        keep_when: KeepWhen | None = None,
+        keep_falco_alerts: bool = False,
+    ) -> None:
+        """``keep_resources``: events (with an ``auditID``) about these target
+        resources are never skipped, whatever the rules, when ``keep_when``
+        (resource, subresource, verb, stage) says so (or always, without it):
+        the daemon counts the images of pod and workload writes
+        (``image_metrics.may_count``).  ``keep_falco_alerts``: Falco alerts
+        are never skipped (the daemon forwards every one of them)."""
         self._audit = audit
         names = () if audit is None else tuple(f.ref.name for f in audit.fields)
         width = 0 if audit is None else audit.memo_width
@@ -285,17 +311,41 @@ class Prefilter:
         self._read_high = key_reader(names[width:])
         self._missing = ((None,) * width, (None,) * (len(names) - width))
         self._has_falco_rules = has_falco_rules
+        self._keep_resources = keep_resources
+        self._keep_when = keep_when
+        self._keep_falco = keep_falco_alerts
         self._event_skippable = self._make_event_skippable()
         self.skippable = self._make_skippable()
         self.select_block = self._make_select_block()
 
     @classmethod
-    def build(cls, indexes: dict[str, RuleIndex]) -> Prefilter | None:
+    def build(
+        cls,
+        indexes: dict[str, RuleIndex],
+        *,
+        keep_resources: frozenset[str] = frozenset(),
+        keep_when: KeepWhen | None = None,
+        keep_falco_alerts: bool = False,
+    ) -> Prefilter | None:
         """A prefilter, or None when the index reads a field no header carries."""
         audit = indexes.get(K8S_AUDIT)
         if audit is not None and any(f.ref.name not in HEADER_FIELDS for f in audit.fields):
             return None
-        return cls(audit, FALCO in indexes)
+        return cls(
+            audit,
+            FALCO in indexes,
+            keep_resources=keep_resources,
+            keep_when=keep_when,
+            keep_falco_alerts=keep_falco_alerts,
+        )
+
+    def _decoded_fields(self) -> tuple[str, ...]:
+        """The routing fields a header decoder must read: the index's, plus
+        those ``keep_when`` is given when some resources are always kept."""
+        names = () if self._audit is None else tuple(f.ref.name for f in self._audit.fields)
+        if self._keep_resources:
+            names = (*names, *(f for f in _KEEP_FIELDS if f not in names))
+        return names
 
     def _make_skippable(self) -> Callable[[bytes], bool]:
         """``skippable(line)``: True when no rule can match any event in it.
@@ -309,9 +359,8 @@ class Prefilter:
         select = None if audit is None else audit.candidates_for
         missing_low, missing_high = self._missing
         event_skippable = self._event_skippable
-        has_falco_rules = self._has_falco_rules
-        names = () if audit is None else tuple(f.ref.name for f in audit.fields)
-        decode, unset = header_decoder(names), UNSET
+        falco_skippable = not (self._has_falco_rules or self._keep_falco)
+        decode, unset = header_decoder(self._decoded_fields()), UNSET
 
         def skippable(line: bytes) -> bool:
             try:
@@ -319,14 +368,12 @@ class Prefilter:
             except HeaderError:
                 return False
             if header.kind == "Event":
-                if audit is None:
-                    return True
                 # Without an auditID every ka.* field is missing (as in Falco).
                 if header.auditID is unset:
-                    return not select(missing_low, missing_high)  # type: ignore[misc]
+                    return audit is None or not select(missing_low, missing_high)  # type: ignore[misc]
                 return event_skippable(header)
             if is_falco_alert(header):
-                return not has_falco_rules
+                return falco_skippable
             return False
 
         return skippable
@@ -341,12 +388,23 @@ class Prefilter:
         values (a namespace, an object name) is judged per header.
         """
         audit = self._audit
+        keep, keep_when = self._keep_resources, self._keep_when
+        read_resource = operator.attrgetter(HEADER_FIELDS[_RESOURCE])
+        read_keep = operator.attrgetter(*(HEADER_FIELDS[f] for f in _KEEP_FIELDS))
+
+        def kept(header: object) -> bool:
+            return read_resource(header) in keep and (keep_when is None or keep_when(*read_keep(header)))
+
         if audit is None:
+            if keep:
+                return lambda header: not kept(header)
             return lambda _header: True
         read_low, read_high = self._read_low, self._read_high
         verdicts: dict[tuple[str | None, ...], bool] = {}
 
         def event_skippable(header: object) -> bool:
+            if keep and kept(header):
+                return False
             key = read_low(header)
             skip = verdicts.get(key)
             if skip is None:
@@ -383,9 +441,10 @@ class Prefilter:
         """
         audit = self._audit
         names = () if audit is None else tuple(f.ref.name for f in audit.fields)
-        decode = block_decoder(names)
+        decode = block_decoder(self._decoded_fields())
         event_skippable = self._event_skippable
-        gate = None if audit is None else self._gate(audit, names[: audit.memo_width])
+        gate = None if audit is None else self._gate(audit, names[: audit.memo_width], self._keep_resources)
+        keep = self._keep_resources
 
         def select_block(block: bytes) -> tuple[int, list[int]] | None:
             array = bytearray(b"[")
@@ -397,7 +456,7 @@ class Prefilter:
                 return None
             if not headers:  # one line of whitespace: "[ ]" is an empty array
                 return None
-            if audit is None:  # no audit rules: no Event can match
+            if audit is None and not keep:  # no audit rules: no Event can match
                 return len(headers), []
             if gate is None:
                 candidates: list[int] | range = range(len(headers))
@@ -410,7 +469,7 @@ class Prefilter:
 
     @staticmethod
     def _gate(
-        audit: RuleIndex, memo_fields: tuple[str, ...]
+        audit: RuleIndex, memo_fields: tuple[str, ...], keep: frozenset[str]
     ) -> tuple[Callable[[object], object], Callable[[object], bool]] | None:
         """``(read, admits)`` for a first, cheaper look at one field, or None.
 
@@ -419,8 +478,7 @@ class Prefilter:
         resources: reading that one field and testing it against a set drops
         them without building and hashing the whole routing key.
         """
-        name = "ka.target.resource"
-        admitted = audit.admitted(name) if name in memo_fields else None
+        admitted = audit.admitted(_RESOURCE) if _RESOURCE in memo_fields else None
         if admitted is None:
             return None
-        return operator.attrgetter(HEADER_FIELDS[name]), admitted.__contains__
+        return operator.attrgetter(HEADER_FIELDS[_RESOURCE]), (admitted | keep).__contains__

@@ -19,7 +19,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from re2 import _re2
 
@@ -61,7 +61,7 @@ def parse_number(text: str) -> int | float | None:
 def text_of(value: Scalar) -> str:
     """A scalar as the text Falco compares: JSON spelling for booleans."""
     if value.__class__ is str:
-        return value  # type: ignore[return-value]
+        return value
     if value is True:
         return "true"
     if value is False:
@@ -100,7 +100,14 @@ def _not_equals(rhs: str) -> ScalarPredicate:
     return not_equals
 
 
-_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+#: typeshed gives ``operator.lt`` and co. an ``Any`` result (``__lt__`` may
+#: return anything); on the ``str``/``int``/``float`` operands used here it is a ``bool``.
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _ordering(op: str, rhs: str) -> ScalarPredicate:
@@ -217,10 +224,12 @@ def _utf8(text: str) -> bytes:
 
 
 def _regex(rhs: str) -> ScalarPredicate:
-    match = compile_regex(rhs).Match
+    # The binding ships no types: ``Match`` returns one ``(start, end)`` span
+    # per group, ``(-1, -1)`` when the text does not match.
+    match: Callable[[object, bytes, int, int], list[tuple[int, int]]] = compile_regex(rhs).Match
 
     def matches(value: Scalar) -> bool:
-        data = _utf8(value if value.__class__ is str else text_of(value))  # type: ignore[arg-type]
+        data = _utf8(value if value.__class__ is str else text_of(value))
         return match(_ANCHOR_BOTH, data, 0, len(data))[0][0] >= 0
 
     return matches

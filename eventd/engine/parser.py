@@ -42,8 +42,7 @@ libsinsp, so ``not not a`` is the tree of ``a``.
 
 Deliberate differences from libsinsp, all on inputs it rejects or garbles:
 word operators accept any blank after them (libsinsp's note says it should);
-a backslash always escapes the next character, so ``"a\\\\"`` ends where it
-appears to; lists written by name after a list operator (``x in mylist``)
+lists written by name after a list operator (``x in mylist``)
 are an error, because eventd substitutes lists textually before parsing;
 operator modifiers (``startswith oneof (...)``) and transformers eventd does
 not implement are rejected with a message naming them.
@@ -55,6 +54,7 @@ and limited by ``max_depth``, 1000 for rules as in Falco.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from eventd.engine.ast import TRANSFORMERS, And, Check, FieldRef, MacroRef, Node, Not, Or
 from eventd.engine.errors import ConditionSyntaxError
@@ -62,8 +62,11 @@ from eventd.engine.errors import ConditionSyntaxError
 _BLANKS = " \t\n\r\f\v\b"
 _BLANK_RUN = re.compile(r"[ \t\n\r\f\v\b]*")
 _NOT_BLANK = re.compile(r"not[ \t\n\r\f\v\b]+")
-_IDENTIFIER = re.compile(r"[a-zA-Z]+[a-zA-Z0-9_]*")
-_FIELD_NAME = re.compile(r"[a-zA-Z]+[a-zA-Z0-9_]*(?:\.[a-zA-Z]+[a-zA-Z0-9_]*)+")
+# libsinsp writes these ``[a-zA-Z]+[a-zA-Z0-9_]*``; the same language spelled
+# without the ambiguous split, which backtracks quadratically in Python's
+# ``re`` on a long run of letters that is not followed by a dot.
+_IDENTIFIER = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*")
+_FIELD_NAME = re.compile(r"[a-zA-Z][a-zA-Z0-9_]*(?:\.[a-zA-Z][a-zA-Z0-9_]*)+")
 _ARG_BARE = re.compile(r"[^\[\]\"' \t\n\r\f\v\b]+")
 _BARE = re.compile(r"[^()\"' \t\n\r\f\v\b=,]+")
 _HEX_NUMBER = re.compile(r"0[xX][0-9a-zA-Z]+")
@@ -96,6 +99,38 @@ _TRANSFORMER_NAMES = ", ".join(sorted(TRANSFORMERS))
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", " ": "\\", "\\": "\\", "/": "/"}
 
 
+def unescape(body: str, quote: str, offset: int = 0) -> str:
+    """The text of a quoted string's ``body`` (quotes removed), as libsinsp's
+    ``unescape_str`` (0.23) reads it: ``\\b \\f \\n \\r \\t \\\\ \\/``, the
+    string's own quote, and backslash-space for a lone backslash; any other
+    escape, or the *other* quote escaped, is an error with libsinsp's text.
+    """
+    if "\\" not in body:
+        return body
+    out: list[str] = []
+    escaped = False
+    for k, c in enumerate(body):
+        if not escaped:
+            if c == "\\":
+                escaped = True
+            else:
+                out.append(c)
+            continue
+        escaped = False
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c in "\"'":
+            if c != quote:
+                other = "'" if c == '"' else '"'
+                raise ConditionSyntaxError(
+                    f"invalid \\{c} escape in {other}-quoted string", offset=offset + k - 1
+                )
+            out.append(c)
+        else:
+            raise ConditionSyntaxError(f"unsupported string escape sequence: \\{c}", offset=offset + k - 1)
+    return "".join(out)
+
+
 def parse_condition(text: str, *, max_depth: int = 1000) -> Node:
     """Parse ``text`` into a tree; raise ``ConditionSyntaxError`` with the
     offset of the problem.  Identifiers without a dot become ``MacroRef``s,
@@ -109,6 +144,33 @@ def parse_condition(text: str, *, max_depth: int = 1000) -> Node:
         raise ConditionSyntaxError(
             "condition is nested too deeply for the parser's stack", offset=parser.i
         ) from None
+
+
+def parse_lhs(text: str) -> FieldRef | None:
+    """``text`` as a left-hand side (a field, or transformers around one, with
+    blanks allowed inside the parentheses), else ``None``.
+
+    Falco validates an exception's ``fields`` entries this way
+    (``is_valid_lhs_field``), so ``tolower( ka.user.name)`` is a field.
+    """
+    p = _Parser(text, 64)
+    try:
+        p._blank()
+        if m := _FIELD_NAME.match(text, p.i):
+            ref = p._field(m, 1)
+        elif (
+            (m := _IDENTIFIER.match(text, p.i))
+            and m.group() in TRANSFORMERS
+            and text.startswith("(", m.end())
+        ):
+            p.i = m.end() + 1
+            ref = p._transformed(m.group(), 1)
+        else:
+            return None
+        p._blank()
+    except ConditionSyntaxError:
+        return None
+    return ref if p.i == p.n else None
 
 
 class _Parser:
@@ -131,8 +193,22 @@ class _Parser:
             raise ConditionSyntaxError("condition is empty", offset=0)
         node = self._or(1)
         if self.i != self.n:
-            raise self._expected("'and', 'or' or the end of the condition")
+            raise ConditionSyntaxError(
+                f"unexpected token after '{self._last_token()}', expecting 'or', 'and'", offset=self.i
+            )
         return node
+
+    def _last_token(self) -> str:
+        """The token before the cursor, as libsinsp names it in its end-of-condition error."""
+        end = self.i
+        while end > 0 and self.text[end - 1] in _BLANKS:
+            end -= 1
+        start = end
+        while start > 0 and self.text[start - 1] not in _BLANKS and self.text[start - 1] not in "()":
+            start -= 1
+        if start == end and end > 0:
+            start = end - 1
+        return self.text[start:end][-40:]
 
     # -- boolean structure ---------------------------------------------------------
 
@@ -158,7 +234,7 @@ class _Parser:
             self._blank()
         return children[0] if len(children) == 1 else And(tuple(children), pos=start)
 
-    def _after_keyword(self, keyword: str, depth: int, operand) -> Node:
+    def _after_keyword(self, keyword: str, depth: int, operand: Callable[[int], Node]) -> Node:
         """The operand after ``and``/``or``: a blank then an operand, or a
         parenthesised group glued to the keyword (``and(...)``)."""
         self.i += len(keyword)
@@ -308,7 +384,7 @@ class _Parser:
         """Newer libsinsp reads ``op oneof (a, b)`` (also ``anyof``,
         ``allof``) as one operator over a list; eventd does not, and says so
         instead of failing on the ``(``."""
-        at = _BLANK_RUN.match(self.text, self.i).end()  # type: ignore[union-attr]
+        at = _BLANK_RUN.match(self.text, self.i).end()  # type: ignore[union-attr]  # `*`: always matches
         if m := _MODIFIER.match(self.text, at):
             raise ConditionSyntaxError(
                 f"operator modifier '{m.group(1)}' ('{op} {m.group(1)} (...)') is not supported by eventd",
@@ -414,42 +490,31 @@ class _Parser:
     # -- lexical helpers ----------------------------------------------------------
 
     def _quoted(self) -> str:
-        """A quoted string at the cursor, unescaped as libsinsp does."""
+        """A quoted string at the cursor, read as libsinsp's lexer reads it.
+
+        The string ends at the first quote character *not preceded by a
+        backslash*, whatever that backslash itself is, so ``"a\\\\" and x``
+        does not end after ``a\\\\`` (libsinsp 0.23 ``parser::lex_quoted_str``);
+        the body is then unescaped by ``unescape``.  A NUL ends the text
+        there, as it ends libsinsp's C string.
+        """
         text, start = self.text, self.i
         quote = text[start]
-        out: list[str] = []
+        prev = ""
         j = start + 1
         while j < self.n:
             c = text[j]
-            if c == quote:
-                self.i = j + 1
-                return "".join(out)
-            if c != "\\":
-                out.append(c)
-                j += 1
-                continue
-            if j + 1 >= self.n:
+            if c == "\0":
                 break
-            e = text[j + 1]
-            if e in "\"'":
-                if e != quote:
-                    raise ConditionSyntaxError(
-                        f"invalid escape \\{e} inside a {quote}-quoted string", offset=j
-                    )
-                out.append(e)
-            elif e in _ESCAPES:
-                out.append(_ESCAPES[e])
-            else:
-                raise ConditionSyntaxError(
-                    f"unsupported escape sequence \\{e} in a quoted string "
-                    "(supported: \\\" \\' \\\\ \\/ \\b \\f \\n \\r \\t)",
-                    offset=j,
-                )
-            j += 2
+            if c == quote and prev != "\\":
+                self.i = j + 1
+                return unescape(text[start + 1 : j], quote, start + 1)
+            prev = c
+            j += 1
         raise ConditionSyntaxError(f"unterminated string: expected a closing {quote}", offset=start)
 
     def _blank(self) -> bool:
-        end = _BLANK_RUN.match(self.text, self.i).end()  # type: ignore[union-attr]
+        end = _BLANK_RUN.match(self.text, self.i).end()  # type: ignore[union-attr]  # `*`: always matches
         moved = end != self.i
         self.i = end
         return moved

@@ -99,7 +99,7 @@ class PathPrefixSet:
         if "" in parts:  # a leading, trailing or doubled "/": drop the empty segments
             parts = [p for p in parts if p]
         for segment in parts:
-            node = node.children.get(segment)  # type: ignore[assignment]
+            node = node.children.get(segment)  # type: ignore[assignment]  # None: tested next
             if node is None:
                 return False
             if node.terminal:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from eventd.engine.ast import Node
+from eventd.engine.load_result import Finding
 from eventd.engine.priority import Priority
 from eventd.events.model import Event
 
@@ -46,3 +47,5 @@ class RuleSet:
     macros: int = 0
     disabled: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    #: The same warnings with Falco's codes (``load_result.Finding``).
+    findings: tuple[Finding, ...] = field(default=())

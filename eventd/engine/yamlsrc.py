@@ -13,13 +13,14 @@ for the few shapes a rules file uses, raising located ``RuleError``\\ s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
 import yaml
 
 from eventd.engine.errors import RuleError
+from eventd.engine.load_result import Finding, WarningCode
 
 try:  # the C parser is several times faster on large rule files
     _Loader: type = yaml.CSafeLoader
@@ -30,8 +31,12 @@ except AttributeError:  # pragma: no cover - PyYAML built without libyaml
 #: files need about six levels (items, exceptions, values, rows).
 MAX_NESTING = 64
 
-_RESOLVER = yaml.resolver.Resolver()
+#: ``Resolver.resolve(kind, value, implicit)``: the tag PyYAML's composer would
+#: give a scalar (``implicit`` is the event's (plain, quoted) pair).  Typed
+#: here because types-PyYAML leaves the method unannotated.
+_resolve: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
 _NULL_TAG = "tag:yaml.org,2002:null"
+_PARSE = "LOAD_ERR_YAML_PARSE"
 _TRUE = {"y", "yes", "true", "on"}
 _FALSE = {"n", "no", "false", "off"}
 
@@ -87,8 +92,11 @@ class Where:
     def error(self, message: str, *, key: str | None = None, line: int | None = None) -> RuleError:
         return RuleError(message, file=self.file, line=line or self.line, item=self.item, key=key)
 
-    def warning(self, message: str, *, key: str | None = None, line: int | None = None) -> str:
-        return str(self.error(message, key=key, line=line))
+    def finding(
+        self, code: WarningCode, message: str, *, key: str | None = None, line: int | None = None
+    ) -> Finding:
+        """A warning with Falco's ``code`` located here."""
+        return Finding(code, message, self.file, line or self.line, self.item, key)
 
     def named(self, item: str) -> Where:
         return Where(self.file, self.line, item)
@@ -105,6 +113,15 @@ def load_documents(text: str, file: str) -> list[Node]:
     the rest of a hostile file is even scanned.
     """
     builder = _Builder(file)
+    try:
+        return _build(builder, text)
+    except RuleError as err:
+        err.code = err.code or _PARSE
+        raise
+
+
+def _build(builder: _Builder, text: str) -> list[Node]:
+    file = builder.file
     try:
         for event in yaml.parse(text, Loader=_Loader):
             builder.feed(event)
@@ -131,8 +148,18 @@ def _is_null(event: yaml.ScalarEvent) -> bool:
     """Whether a scalar is YAML null, resolved as PyYAML's composer would."""
     tag = event.tag
     if tag is None or tag == "!":
-        tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+        tag = _resolve(yaml.ScalarNode, event.value, event.implicit)
     return tag == _NULL_TAG
+
+
+def _line(event: yaml.Event) -> int:
+    """The 1-based line ``event`` starts on.
+
+    The parser marks every event it emits; types-PyYAML types the mark as
+    optional only because an event built by hand may lack one (0: unknown).
+    """
+    mark = event.start_mark
+    return 0 if mark is None else mark.line + 1
 
 
 @dataclass(slots=True)
@@ -162,11 +189,11 @@ class _Builder:
         self.anchors: dict[str, Node | None] = {}
 
     def error(self, message: str, event: yaml.Event) -> RuleError:
-        return RuleError(message, file=self.file, line=event.start_mark.line + 1)
+        return RuleError(message, file=self.file, line=_line(event) or None)
 
     def feed(self, event: yaml.Event) -> None:
         if isinstance(event, yaml.ScalarEvent):
-            node: Node = Scalar(event.value, event.start_mark.line + 1, _is_null(event))
+            node: Node = Scalar(event.value, _line(event), _is_null(event))
             self.anchor(event, node)
             self.add(node, event)
         elif isinstance(event, yaml.AliasEvent):
@@ -186,7 +213,7 @@ class _Builder:
                 )
             self.anchor(event, None)
             is_map = isinstance(event, yaml.MappingStartEvent)
-            self.stack.append(_Open(event.start_mark.line + 1, event.anchor, [], {} if is_map else None))
+            self.stack.append(_Open(_line(event), event.anchor, [], {} if is_map else None))
         elif isinstance(event, yaml.CollectionEndEvent):
             top = self.stack.pop()
             node = Seq(tuple(top.items), top.line) if top.entries is None else Map(top.entries, top.line)

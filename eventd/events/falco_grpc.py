@@ -57,11 +57,11 @@ def json_value(text: str) -> Any:
     if m.group(1) is None and m.group(2) is None:
         if len(text) > 20:  # wider than 64 bits whatever the digits; int() would choke on huge ones
             return text
-        number = int(text)
+        integer = int(text)
         # Wider than 64 bits is no Falco number (and no JSON encoder takes it): a digit string.
-        return number if _INT_MIN <= number <= _INT_MAX else text
-    number = float(text)
-    return number if math.isfinite(number) else text
+        return integer if _INT_MIN <= integer <= _INT_MAX else text
+    real = float(text)
+    return real if math.isfinite(real) else text
 
 
 def _json_array(text: str) -> Any:

@@ -146,11 +146,16 @@ def block_decoder(fields: Iterable[str]) -> Callable[[bytes | bytearray], list[A
     return msgspec.json.Decoder(list[header]).decode  # type: ignore[valid-type]
 
 
-def key_reader(fields: tuple[str, ...]) -> Callable[[Header], tuple[str | None, ...]]:
-    """A C-speed reader of the values of ``fields`` (names of ``HEADER_FIELDS``)."""
+def key_reader(fields: tuple[str, ...]) -> Callable[[object], tuple[str | None, ...]]:
+    """A C-speed reader of the values of ``fields`` (names of ``HEADER_FIELDS``).
+
+    It takes ``object``: it reads a ``Header`` and the narrower structs that
+    ``header_decoder`` and ``block_decoder`` define alike, by attribute.
+    """
     if not fields:
         return lambda _h: ()
-    get = operator.attrgetter(*(HEADER_FIELDS[f] for f in fields))
-    if len(fields) == 1:
-        return lambda h: (get(h),)
-    return get  # type: ignore[return-value]
+    names = [HEADER_FIELDS[f] for f in fields]
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda h: (one(h),)
+    return operator.attrgetter(names[0], *names[1:])

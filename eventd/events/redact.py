@@ -144,7 +144,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """YAML without anchors and aliases: a few aliases can stand for billions
     of nodes, which a walk (or a re-serialisation) would then visit."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             raise yaml.YAMLError("aliases are not accepted")
         return super().compose_node(parent, index)
@@ -199,7 +199,7 @@ class CredentialNames(dict[str, bool]):
     def __eq__(self, other: object) -> bool:  # a policy, not a mapping: compare patterns
         return isinstance(other, CredentialNames) and other.pattern == self.pattern
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]  # dict is unhashable; a policy is
         return hash(self.pattern)
 
 
@@ -519,6 +519,7 @@ class FalcoRedactor:
             if match.start() < done:
                 continue  # inside a value already redacted
             group = match.lastgroup
+            assert group is not None  # every alternative of _TEXT is a named group
             if group in ("value", "flagvalue"):
                 name = match.group("name" if group == "value" else "flag").lstrip("-")
                 if not credential[name]:

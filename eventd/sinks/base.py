@@ -29,10 +29,11 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from eventd.alerts import Alert
 from eventd.config import BufferConfig
+from eventd.configkey import declared_name
 
 if TYPE_CHECKING:
     from eventd.kafka_client import ConsumedOffsets
@@ -43,9 +44,15 @@ Receipt = asyncio.Future[None] | None
 
 
 class Sink(abc.ABC):
+    #: Where the sink is configured (``sinks.<name>``): declared once by each
+    #: sink; its config errors name keys under it (``f"{config_key}.url"``)
+    #: and ``eventd.components`` registers it under it.
+    config_key: str = "sinks.sink"
+    #: The last part of ``config_key`` (derived, never declared): the sink's
+    #: label in logs and metrics.
     name: str = "sink"
     #: Accepted alerts survive a crash; inputs wait for durable sinks.
-    durable: ClassVar[bool] = False
+    durable: bool = False
     #: Lane tasks calling ``send_many`` concurrently.
     concurrency: int = 1
     #: Most alerts a best-effort lane hands to one ``send_many`` call.
@@ -53,7 +60,12 @@ class Sink(abc.ABC):
     #: Bounds of the sink's lane (``sinks.<sink>.buffer``).
     buffer: BufferConfig = BufferConfig()
     #: Offers ``send_transaction`` (the Kafka sink, for exactly-once).
-    transactional: ClassVar[bool] = False
+    transactional: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_key" in vars(cls):
+            cls.name = declared_name(cls, "sinks")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections, start delivery tasks."""

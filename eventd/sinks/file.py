@@ -44,7 +44,7 @@ RETRY_MAX = 5.0
 
 
 class FileSink(Sink):
-    name = "file"
+    config_key = "sinks.file"
     durable = True
 
     def __init__(self, config: FileSinkConfig, metrics: Metrics) -> None:

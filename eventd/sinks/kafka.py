@@ -53,7 +53,7 @@ from eventd.backoff import backoff_delay
 from eventd.checks import client_tls_files, spool_settings
 from eventd.config import ConfigError, KafkaRoute, KafkaSinkConfig
 from eventd.engine.priority import Priority
-from eventd.kafka_client import ConsumedOffsets, client_options, started_producer
+from eventd.kafka_client import ConsumedOffsets, client_options, sink_client_log, started_producer
 from eventd.metrics import Metrics
 from eventd.sinks.base import Receipt, Sink
 from eventd.sinks.kafka_transactions import TransactionalDelivery
@@ -61,7 +61,6 @@ from eventd.sinks.spool import Spool, SpoolError, SpoolFull
 
 log = structlog.get_logger(__name__)
 
-CONFIG_KEY = "sinks.kafka"
 #: Records produced per round trip; the spool is read in batches of this size.
 BATCH_RECORDS = 500
 #: healthy() turns False when the spool is fuller than this fraction.
@@ -107,16 +106,15 @@ KEY_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 
 class Router:
-    """Topic, key and headers of one alert document, precompiled from the config."""
+    """Topic, key and headers of one alert document, precompiled from the
+    config found under ``key`` (the sink's ``config_key``, for errors)."""
 
-    def __init__(self, config: KafkaSinkConfig) -> None:
+    def __init__(self, config: KafkaSinkConfig, key: str) -> None:
         if config.key not in KEY_FIELDS:
-            raise ConfigError(f"{CONFIG_KEY}.key", f"expected one of {', '.join(KEY_FIELDS)}")
+            raise ConfigError(f"{key}.key", f"expected one of {', '.join(KEY_FIELDS)}")
         self._key = KEY_FIELDS[config.key]
-        self._topic = _checked_topic(config.topic, f"{CONFIG_KEY}.topic")
-        self._routes = [
-            self._compile(route, f"{CONFIG_KEY}.routes[{i}]") for i, route in enumerate(config.routes)
-        ]
+        self._topic = _checked_topic(config.topic, f"{key}.topic")
+        self._routes = [self._compile(route, f"{key}.routes[{i}]") for i, route in enumerate(config.routes)]
 
     @staticmethod
     def _compile(route: KafkaRoute, key: str) -> Callable[[dict[str, Any]], str | None]:
@@ -195,7 +193,7 @@ def _append_all(spool: Spool, values: list[bytes], start: int) -> tuple[int, Spo
 
 
 class KafkaSink(Sink):
-    name = "kafka"
+    config_key = "sinks.kafka"
     durable = True
     transactional = True
 
@@ -212,16 +210,16 @@ class KafkaSink(Sink):
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._router = Router(config)
+        self._router = Router(config, self.config_key)
         if config.compression != "none" and not CODECS[config.compression]():
             raise ConfigError(
-                f"{CONFIG_KEY}.compression", f"{config.compression} needs the Python package cramjam"
+                f"{self.config_key}.compression", f"{config.compression} needs the Python package cramjam"
             )
         # Fails fast at start-up on a bad TLS/SASL config; re-read on every reconnect.
-        client_tls_files(config.tls, f"{CONFIG_KEY}.tls")
+        client_tls_files(config.tls, f"{self.config_key}.tls")
         self._options()
         # The spool opens in start(); what would make that fail is refused here.
-        spool_settings(config.spool_dir, config.spool_max_bytes, CONFIG_KEY)
+        spool_settings(config.spool_dir, config.spool_max_bytes, self.config_key)
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._unhealthy_after = unhealthy_after
@@ -238,6 +236,8 @@ class KafkaSink(Sink):
         self._progress = asyncio.Condition()
         #: monotonic time of the first failure of the current outage; None when delivering.
         self._failing_since: float | None = None
+        #: The producer's library log records fold here (eventd.logs).
+        self._client_log = sink_client_log(self.name, self.config_key, metrics)
         #: Why appends wait (``spool_full``, ``disk_full``); None while they do not.
         self._blocked: str | None = None
         #: Exactly-once deliveries (``send_transaction``); made on first use.
@@ -414,6 +414,7 @@ class KafkaSink(Sink):
         if error is None:
             if self._failing_since is not None:
                 log.info("kafka_sink_recovered", spool_alerts=spool.depth)
+            self._client_log.recovered()
             self._failing_since = None
             await self._notify()
             return 0
@@ -465,7 +466,7 @@ class KafkaSink(Sink):
 
     async def _connected(self) -> AIOKafkaProducer:
         if self._producer is None:
-            self._producer = await started_producer(self._options())
+            self._producer = await started_producer(self._options(), self._client_log)
         return self._producer
 
     async def _drop_producer(self) -> None:
@@ -477,7 +478,7 @@ class KafkaSink(Sink):
     def _options(self) -> dict[str, Any]:
         config = self.config
         options = client_options(
-            config.bootstrap_servers, config.tls, config.sasl, key=CONFIG_KEY, metrics=self.metrics
+            config.bootstrap_servers, config.tls, config.sasl, key=self.config_key, metrics=self.metrics
         )
         options.update(
             client_id=config.client_id,

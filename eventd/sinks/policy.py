@@ -86,6 +86,7 @@ class PolicySink(Sink):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self.config_key = inner.config_key
         self.name = inner.name
         self.durable = inner.durable
         self.transactional = inner.transactional

@@ -10,6 +10,10 @@ Event data is attacker-controlled (user names, pod names, commands), so every
 value is escaped for Slack's markup: an audit user named ``<!channel>`` must
 not page the whole channel, and ``<https://evil|docs>`` must not become a link.
 The webhook URL is the credential and is read from a file, never logged.
+
+``username`` (``sinks.slack.username``) is sent only when configured, and
+only legacy incoming webhooks (custom integrations) honour it: the webhooks
+of a Slack app post under the app's name and ignore it.
 """
 
 from __future__ import annotations
@@ -80,8 +84,8 @@ def alert_facts(alert: Alert) -> list[tuple[str, str]]:
     return [(k, str(v)) for k, v in facts if v]
 
 
-def slack_message(alert: Alert, username: str) -> dict[str, Any]:
-    """The webhook payload for one alert."""
+def slack_message(alert: Alert, username: str = "") -> dict[str, Any]:
+    """The webhook payload for one alert (``username``: legacy webhooks only)."""
     emoji, colour = _STYLE[alert.priority]
     title = f"{alert.priority.label}: {alert.rule}"
     facts = alert_facts(alert)
@@ -109,25 +113,27 @@ def slack_message(alert: Alert, username: str) -> dict[str, Any]:
         )
     where = "/".join(v for v in (alert.context.get("namespace"), alert.context.get("workload")) if v)
     fallback = f"{alert.priority.label}: {alert.rule}{f' ({where})' if where else ''}"
-    return {
-        "username": username,
+    message: dict[str, Any] = {
         "text": _cut(slack_escape(fallback), _SECTION_MAX),
         "attachments": [{"color": colour, "fallback": slack_escape(fallback), "blocks": blocks}],
     }
+    if username:
+        message["username"] = username
+    return message
 
 
 class SlackSink(HttpSink):
-    name = "slack"
+    config_key = "sinks.slack"
 
     def __init__(self, config: SlackSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
-        client_tls_files(config.tls, "sinks.slack.tls")
+        client_tls_files(config.tls, f"{self.config_key}.tls")
         try:
             super().__init__(config, metrics, **kwargs)
         except OSError as err:  # ssl.SSLError: the files are there but not usable PEM
-            raise ConfigError("sinks.slack.tls", f"cannot load TLS files: {err}") from None
+            raise ConfigError(f"{self.config_key}.tls", f"cannot load TLS files: {err}") from None
         self._username = config.username
         self._url = SecretFile(
-            config.webhook_url_file, "sinks.slack.webhook_url_file", metrics, check=check_http_url
+            config.webhook_url_file, f"{self.config_key}.webhook_url_file", metrics, check=check_http_url
         )
 
     @property

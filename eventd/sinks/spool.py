@@ -318,7 +318,7 @@ class Spool:
         self.corrupt_regions = 0
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._take_lock()
+        self._lock_fd: int | None = self._take_lock()
         try:
             self._recover()
         except BaseException:

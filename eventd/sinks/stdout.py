@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 
 class StdoutSink(Sink):
-    name = "stdout"
+    config_key = "sinks.stdout"
 
     def __init__(self, config: StdoutSinkConfig, metrics: Metrics, stream: BinaryIO | None = None) -> None:
         self._json = config.format == "json"

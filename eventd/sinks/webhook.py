@@ -42,23 +42,27 @@ def signature(key: bytes, timestamp: str, body: bytes) -> str:
 
 
 class WebhookSink(HttpSink):
-    name = "webhook"
+    config_key = "sinks.webhook"
 
     def __init__(self, config: WebhookSinkConfig, metrics: Metrics, **kwargs: Any) -> None:
         if not config.url:
-            raise ConfigError("sinks.webhook.url", "required when the webhook sink is enabled")
-        client_tls_files(config.tls, "sinks.webhook.tls")
+            raise ConfigError(f"{self.config_key}.url", "required when the webhook sink is enabled")
+        client_tls_files(config.tls, f"{self.config_key}.tls")
         try:
             super().__init__(config, metrics, **kwargs)
         except OSError as err:  # ssl.SSLError: the files are there but not usable PEM
-            raise ConfigError("sinks.webhook.tls", f"cannot load TLS files: {err}") from None
-        self._url = secret_url(config.url, "sinks.webhook.url", bearer_token=config.token_file is not None)
+            raise ConfigError(f"{self.config_key}.tls", f"cannot load TLS files: {err}") from None
+        self._url = secret_url(
+            config.url, f"{self.config_key}.url", bearer_token=config.token_file is not None
+        )
         self._signature_header = config.signature_header
         self._token = (
-            SecretFile(config.token_file, "sinks.webhook.token_file", metrics) if config.token_file else None
+            SecretFile(config.token_file, f"{self.config_key}.token_file", metrics)
+            if config.token_file
+            else None
         )
         self._hmac = (
-            SecretFile(config.hmac_secret_file, "sinks.webhook.hmac_secret_file", metrics)
+            SecretFile(config.hmac_secret_file, f"{self.config_key}.hmac_secret_file", metrics)
             if config.hmac_secret_file
             else None
         )

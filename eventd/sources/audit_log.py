@@ -52,17 +52,10 @@ from eventd.events.dedup import RecentKeys, drop_duplicates
 from eventd.events.errors import DecodeError
 from eventd.events.model import Event
 from eventd.metrics import Metrics
-from eventd.sources.base import Batch, Inlet, Source
+from eventd.sources.base import Batch, Inlet, RecordFilterLike, Source, record_filter
 from eventd.sources.checkpoint import Checkpoint, CheckpointStore, Unusable
-from eventd.sources.linereader import (
-    Backup,
-    GzipLog,
-    LogFile,
-    PlainLog,
-    distinctive,
-    read_head,
-    rotated_files,
-)
+from eventd.sources.linereader import Backup, GzipLog, distinctive, read_head, rotated_files
+from eventd.sources.tail import LogFile, PlainLog, follow
 
 log = structlog.get_logger(__name__)
 
@@ -80,12 +73,12 @@ RETRY_MAX_SECONDS = 5.0
 class AuditLogSource(Source):
     """Tail ``config.path``; see the module docstring for the guarantees."""
 
-    name = "audit_log"
+    config_key = "sources.audit_log"
 
     def __init__(
         self, config: AuditLogConfig, metrics: Metrics, *, drain_timeout: float = DRAIN_TIMEOUT_SECONDS
     ) -> None:
-        input_file(config.path, f"sources.{self.name}.path", must_exist=False)  # followed: may come later
+        input_file(config.path, f"{self.config_key}.path", must_exist=False)  # followed: may come later
         self.config = config
         self._metrics = metrics
         self._drain_timeout = drain_timeout
@@ -172,7 +165,7 @@ class AuditLogSource(Source):
                 if file is not None:
                     file.close()
                 self._up.set(0)
-            await self._sleep(retry)
+            await self.sleep(retry)
             retry = min(retry * 2, RETRY_MAX_SECONDS)
 
     async def _open_first(self) -> LogFile | None:
@@ -256,7 +249,7 @@ class AuditLogSource(Source):
                     pass  # compressed or pruned since the listing: look again
             elif live is not None:
                 return self._opened(live)
-            await self._sleep(self.config.poll_interval_seconds)
+            await self.sleep(self.config.poll_interval_seconds)
         return None
 
     def _next_backup(self, last: Checkpoint | None, live: PlainLog | None) -> Backup | None:
@@ -295,52 +288,54 @@ class AuditLogSource(Source):
     async def _read_file(self, file: LogFile) -> bool:
         """Read ``file`` until it is finished (True) or the source stops (False)."""
         if not (isinstance(file, PlainLog) and file.follow):
-            return await self._read_available(file) and await self._finish(file)
-        poll = self.config.poll_interval_seconds
-        while not self._stopping.is_set():
-            if file.truncated():
-                self._lost("truncated", file=str(file.path), offset=file.offset)
-                file.start_at(0)
-                self._commits.add(file.checkpoint(0), None)
-            before = file.offset
-            if not await self._read_available(file):
-                return False
-            if file.offset != before:
-                continue
-            if file.replaced():
-                # The writer closed the file before renaming it: what is there now is all.
-                return await self._read_available(file) and await self._finish(file)
-            await self._sleep(poll)
-        return False
+            return await self.read_available(file) and await self.finish(file)
+        return await follow(file, self, self.config.poll_interval_seconds)
 
-    async def _read_available(self, file: LogFile) -> bool:
+    # ``TailReader``: how ``tail.follow`` consumes the live file.
+
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def truncated(self, file: PlainLog, was_at: int, lost_partial: bool) -> None:
+        self._lost("truncated", file=str(file.path), offset=was_at)
+        self._commits.add(file.checkpoint(0), None)
+
+    async def read_available(self, file: LogFile) -> bool:
         """Read ``file`` up to its current end, handing over batches of
         complete lines; False if the source is stopping."""
         inlet, name = self._inlet, self.name
         events: list[Event] = []
-        lines = size = end = 0
+        lines = size = end = skipped = 0
+        # One rule set per batch (``pipeline.RecordFilter``): lines no rule can
+        # match are counted, not decoded; their position still moves on.
+        prefilter = record_filter(inlet)
+        skippable = None if prefilter is None else prefilter.skippable
         while not self._stopping.is_set():
             chunk = file.read(READ_BYTES)
             if not chunk:
                 if lines:
-                    return await self._emit(file, events, end)
+                    return await self._emit(file, events, end, prefilter, skipped)
                 return True
             for line, end in file.splitter.feed(chunk):
                 lines += 1
                 if line is None:
                     inlet.rejected(name, "line_too_long")
+                elif skippable is not None and skippable(line):
+                    skipped += 1
                 elif line and not line.isspace():
                     size += len(line)
                     self._decode(line, events)
                 if lines >= BATCH_LINES or size >= BATCH_BYTES:
-                    if not await self._emit(file, events, end):
+                    if not await self._emit(file, events, end, prefilter, skipped):
                         return False
                     events = []
-                    lines = size = 0
+                    lines = size = skipped = 0
+                    prefilter = record_filter(inlet)
+                    skippable = None if prefilter is None else prefilter.skippable
             await asyncio.sleep(0)  # a long catch-up must not starve the loop
         return False
 
-    async def _finish(self, file: LogFile) -> bool:
+    async def finish(self, file: LogFile) -> bool:
         """Hand over an unterminated last line of a file that will not grow."""
         rest = file.splitter.flush()
         if rest is None:
@@ -360,12 +355,22 @@ class AuditLogSource(Source):
             self._inlet.rejected(self.name, err)
             return
         events.extend(decoded)
-        for err in errors:
-            self._inlet.rejected(self.name, err)
+        for error in errors:
+            self._inlet.rejected(self.name, error)
 
-    async def _emit(self, file: LogFile, events: list[Event], end: int) -> bool:
-        """Hand over the events of the lines before ``end``; False if stopping."""
+    async def _emit(
+        self,
+        file: LogFile,
+        events: list[Event],
+        end: int,
+        prefilter: RecordFilterLike | None = None,
+        skipped: int = 0,
+    ) -> bool:
+        """Hand over the events of the lines before ``end`` (``skipped`` lines
+        among them dropped by ``prefilter``); False if stopping."""
         position = file.checkpoint(end)
+        if prefilter is not None:
+            prefilter.skipped(self.name, skipped)
         if events:
             events, dropped = drop_duplicates(events, self._recent)
             if dropped:
@@ -374,7 +379,9 @@ class AuditLogSource(Source):
             self._commits.add(position, None)
             return True
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not await self._put(Batch(events, self.name, done)):
+        batch = Batch(events, self.name, done)
+        batch.prefiltered_with = None if prefilter is None else prefilter.matcher
+        if not await self._put(batch):
             return False
         self._commits.add(position, done)
         return True
@@ -398,7 +405,7 @@ class AuditLogSource(Source):
         failed: forget every key rather than drop them when read again."""
         self._recent = RecentKeys(self.config.dedup_window_seconds, self.config.dedup_max_entries)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def sleep(self, seconds: float) -> None:
         await asyncio.wait((self._stop_waiter,), timeout=seconds)
 
     def _lost(self, reason: str, **fields: object) -> None:

@@ -49,7 +49,7 @@ from eventd.sources.http_input import (
 
 
 class AuditWebhookSource(HttpInput):
-    name = "k8s_audit_webhook"
+    config_key = "sources.k8s_audit_webhook"
 
     def __init__(self, config: AuditWebhookConfig, metrics: Metrics) -> None:
         super().__init__(config, metrics)

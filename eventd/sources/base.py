@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from eventd.configkey import declared_name
 from eventd.events.errors import DecodeError
 from eventd.events.model import Event
 
@@ -49,6 +51,9 @@ class Batch:
     #: Input bytes the batch came from (0: not known), for the pipeline's byte
     #: bound (HTTP inputs bound theirs with ``max_inflight_bytes`` instead).
     size: int = 0
+    #: The rule set (a ``Matcher``) whose ``RecordFilter`` dropped records of
+    #: this batch before decoding: the batch is matched with it too.
+    prefiltered_with: object | None = None
 
 
 class Inlet(Protocol):
@@ -64,11 +69,40 @@ class Inlet(Protocol):
         """Count input that could not be used, with a reason (never the body)."""
 
 
+class RecordFilterLike(Protocol):
+    """``pipeline.RecordFilter`` as sources see it."""
+
+    matcher: object
+
+    def skippable(self, record: bytes) -> bool:
+        """True when ``record`` can be dropped undecoded: it produces nothing."""
+
+    def skipped(self, source: str, count: int) -> None:
+        """Count dropped records as received events."""
+
+
+def record_filter(inlet: Inlet) -> RecordFilterLike | None:
+    """The inlet's current ``RecordFilter``; None when it offers none (an
+    inlet of a test, rules the prefilter cannot judge): decode everything."""
+    get: Callable[[], RecordFilterLike | None] | None = getattr(inlet, "record_filter", None)
+    return None if get is None else get()
+
+
 class Source(abc.ABC):
     """One configured input.  ``run`` works until ``stop`` is called."""
 
-    #: Config key of the source (``sources.<name>``), used in logs and metrics.
+    #: Where the source is configured (``sources.<name>``): declared once by
+    #: each source; its config errors name keys under it and
+    #: ``eventd.components`` registers it under it.
+    config_key: str = "sources.source"
+    #: The last part of ``config_key`` (derived, never declared): the label
+    #: of its batches, logs and metrics.
     name: str = "source"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_key" in vars(cls):
+            cls.name = declared_name(cls, "sources")
 
     @abc.abstractmethod
     async def run(self, inlet: Inlet) -> None:

@@ -18,7 +18,9 @@ because audit logs have their own input with checkpoints and dedupe.
   or a smaller size (truncation) makes it read from the start; a file that
   appears later (or after rotation) is read from its start.
 
-Lines longer than ``MAX_LINE_BYTES`` are skipped (reason ``too_large``);
+Following (rotation, truncation, bounded lines) is ``sources/tail.py``, the
+tailer the audit log input uses too.  Lines longer than ``max_line_bytes``
+(default ``MAX_LINE_BYTES``) are skipped (reason ``too_large``);
 each read chunk becomes one batch, handed over with ``await inlet.put`` so
 a full pipeline simply slows reading down.
 """
@@ -31,7 +33,6 @@ import os
 import selectors
 import sys
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 
@@ -42,86 +43,54 @@ from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO, Event
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch, Inlet, Source
+from eventd.sources.tail import Line, LineSplitter, LogFile, PlainLog, follow, read_lines
 
 log = structlog.get_logger(__name__)
 
-#: Longest accepted line (Falco alerts are a few KiB; this bounds memory).
-MAX_LINE_BYTES = 1024 * 1024
+#: Longest accepted line by default (Falco alerts are a few KiB; this bounds
+#: memory); ``max_line_bytes`` in the config.
+MAX_LINE_BYTES = FalcoFileConfig().max_line_bytes
 #: Bytes read at once, and so roughly the largest batch.
 CHUNK_BYTES = 64 * 1024
-
-
-class LineSplitter:
-    """Chunks of bytes -> complete lines, dropping lines over ``max_line``
-    without ever buffering more than that."""
-
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
-        self.max_line = max_line
-        self._rest = b""
-        self._skipping = False  # inside an overlong line, until its newline
-
-    def feed(self, chunk: bytes) -> tuple[list[bytes], int]:
-        """Complete lines in ``chunk`` (plus what came before), and the number
-        of overlong lines dropped."""
-        too_long = 0
-        if self._skipping:
-            cut = chunk.find(b"\n")
-            if cut < 0:
-                return [], 0
-            chunk = chunk[cut + 1 :]
-            self._skipping = False
-        lines = (self._rest + chunk if self._rest else chunk).split(b"\n")
-        self._rest = lines.pop()
-        if len(self._rest) > self.max_line:
-            self._rest, self._skipping = b"", True
-            too_long += 1
-        kept = [line for line in lines if len(line) <= self.max_line]
-        return kept, too_long + len(lines) - len(kept)
-
-    def finish(self) -> list[bytes]:
-        """The last line if the input ended without a newline; resets."""
-        rest, self._rest, self._skipping = self._rest, b"", False
-        return [rest] if rest else []
-
-    def reset(self) -> bool:
-        """Forget a partial line (the file was truncated); True if there was one."""
-        had = bool(self._rest) or self._skipping
-        self._rest, self._skipping = b"", False
-        return had
 
 
 class FalcoFileSource(Source):
     """Falco JSON lines from ``config.path`` (``-``: stdin)."""
 
-    name = "falco_file"
+    config_key = "sources.falco_file"
 
     def __init__(self, config: FalcoFileConfig, metrics: Metrics, *, stdin: int | None = None) -> None:
         """``stdin`` is the descriptor read for ``path: "-"`` (default: fd 0)."""
         if config.path != "-":  # a file read once must be there; a followed one may come later
-            input_file(Path(config.path), f"sources.{self.name}.path", must_exist=not config.follow)
+            input_file(Path(config.path), f"{self.config_key}.path", must_exist=not config.follow)
         self.config = config
         self._metrics = metrics
         self._stdin = stdin
         self._stopping = asyncio.Event()
         self._transport: asyncio.ReadTransport | None = None
+        self._inlet: Inlet
         self._ready = False
-        self._splitter = LineSplitter()
         self._alerts = 0
         self._rejected = 0
 
     # ---------------------------------------------------------------- Source
 
     async def run(self, inlet: Inlet) -> None:
+        self._inlet = inlet
         up = self._metrics.source_up.labels(self.name)
         try:
             if self.config.path == "-":
                 await self._run_stdin(inlet)
             elif self.config.follow:
-                await self._follow(Path(self.config.path), inlet)
+                await self._follow(Path(self.config.path))
             else:
-                with open(self.config.path, "rb") as f:
+                file = PlainLog(Path(self.config.path), self.config.max_line_bytes, 0)
+                try:
                     self._set_ready()
-                    await self._read_to_end(f, inlet)
+                    await self.read_available(file)
+                    await self.finish(file)
+                finally:
+                    file.close()
         finally:
             self._ready = False
             up.set(0)
@@ -143,12 +112,15 @@ class FalcoFileSource(Source):
 
     async def _run_stdin(self, inlet: Inlet) -> None:
         fd = sys.stdin.fileno() if self._stdin is None else self._stdin
+        splitter = LineSplitter(0, self.config.max_line_bytes)
         # A duplicate, so that closing our transport leaves the caller's fd open.
         pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
         if not _pollable(pipe.fileno()):  # `< alerts.json`, `< /dev/null`: reads never wait
             with pipe:
                 self._set_ready()
-                await self._read_to_end(pipe, inlet)
+                while not self._stopping.is_set() and (chunk := pipe.read(CHUNK_BYTES)):
+                    await self._handle(splitter.feed(chunk), inlet)
+                await self._handle_rest(splitter, inlet)
             return
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=CHUNK_BYTES)
@@ -157,83 +129,82 @@ class FalcoFileSource(Source):
         self._set_ready()
         try:
             while chunk := await reader.read(CHUNK_BYTES):
-                await self._handle(*self._splitter.feed(chunk), inlet)
-            await self._handle(self._splitter.finish(), 0, inlet)
+                await self._handle(splitter.feed(chunk), inlet)
+            await self._handle_rest(splitter, inlet)
         finally:
             transport.close()
             self._transport = None
 
     # ----------------------------------------------------------------- files
 
-    async def _read_to_end(self, f: BinaryIO, inlet: Inlet) -> None:
-        while not self._stopping.is_set() and (chunk := f.read(CHUNK_BYTES)):
-            await self._handle(*self._splitter.feed(chunk), inlet)
-        await self._handle(self._splitter.finish(), 0, inlet)
-
-    async def _follow(self, path: Path, inlet: Inlet) -> None:
-        f: BinaryIO | None = None
-        inode: tuple[int, int] | None = None
+    async def _follow(self, path: Path) -> None:
+        """Follow ``path`` by name (``tail.follow``), file after file."""
         at_end = True  # only the file found at start-up is joined at its end
-        try:
-            while not self._stopping.is_set():
-                if f is None:
-                    f, inode = self._open(path, at_end)
-                    at_end = False
-                    self._set_ready()
-                    if f is None:
-                        await self._pause()
-                        continue
-                chunk = f.read(CHUNK_BYTES)
-                if chunk:
-                    await self._handle(*self._splitter.feed(chunk), inlet)
-                    continue
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    st = None
-                if st is None or (st.st_dev, st.st_ino) != inode:
-                    # Rotated or removed: finish the old file, then start the new one.
-                    await self._read_to_end(f, inlet)
-                    f.close()
-                    f = None
-                    log.info("falco_file_rotated", path=str(path))
-                    continue
-                if st.st_size < f.tell():
-                    f.seek(0)
-                    if self._splitter.reset():
-                        self._reject(inlet, DecodeError("truncated", "partial line lost to truncation"), 1)
-                    log.info("falco_file_truncated", path=str(path))
-                    continue
-                await self._pause()
-        finally:
-            if f is not None:
-                f.close()
+        while not self._stopping.is_set():
+            file = self._open(path, at_end)
+            at_end = False
+            self._set_ready()
+            if file is None:
+                await self.sleep(self.config.poll_interval_seconds)
+                continue
+            try:
+                if not await follow(file, self, self.config.poll_interval_seconds):
+                    return
+            finally:
+                file.close()
+            log.info("falco_file_rotated", path=str(path))
 
-    def _open(self, path: Path, at_end: bool) -> tuple[BinaryIO | None, tuple[int, int] | None]:
+    def _open(self, path: Path, at_end: bool) -> PlainLog | None:
         try:
-            f = open(path, "rb")  # noqa: SIM115 - stays open across polls; _follow closes it
+            file = PlainLog(path, self.config.max_line_bytes, None if at_end else 0, follow=True)
         except FileNotFoundError:
-            return None, None
-        st = os.fstat(f.fileno())
-        if at_end:
-            f.seek(0, os.SEEK_END)
-        log.info("falco_file_opened", path=str(path), offset=f.tell())
-        return f, (st.st_dev, st.st_ino)
+            return None
+        log.info("falco_file_opened", path=str(path), offset=file.offset)
+        return file
 
-    async def _pause(self) -> None:
+    # ``TailReader``: how ``tail.follow`` consumes the followed file.
+
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def read_available(self, file: LogFile) -> bool:
+        while not self._stopping.is_set():
+            lines = read_lines(file, CHUNK_BYTES)
+            if lines is None:
+                return True
+            await self._handle(lines, self._inlet)
+        return False
+
+    async def finish(self, file: LogFile) -> bool:
+        await self._handle_rest(file.splitter, self._inlet)
+        return True
+
+    def truncated(self, file: PlainLog, was_at: int, lost_partial: bool) -> None:
+        if lost_partial:
+            self._reject(self._inlet, DecodeError("truncated", "partial line lost to truncation"), 1)
+        log.info("falco_file_truncated", path=str(file.path), offset=was_at)
+
+    async def sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval_seconds)
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # ---------------------------------------------------------------- decode
 
-    async def _handle(self, lines: list[bytes], too_long: int, inlet: Inlet) -> None:
+    async def _handle_rest(self, splitter: LineSplitter, inlet: Inlet) -> None:
+        """The unterminated last line, once the input is known to be complete."""
+        rest = splitter.flush()
+        if rest is not None:
+            await self._handle([rest], inlet)
+
+    async def _handle(self, lines: list[Line], inlet: Inlet) -> None:
         """Decode complete lines and hand the alerts over as one batch."""
-        if too_long:
-            self._reject(
-                inlet, DecodeError("too_large", f"line longer than {MAX_LINE_BYTES} bytes"), too_long
-            )
         events: list[Event] = []
-        for raw in lines:
+        too_long = size = 0
+        for raw, _end in lines:
+            if raw is None:
+                too_long += 1
+                continue
+            size += len(raw)
             line = raw.strip()
             if not line:
                 continue
@@ -250,9 +221,12 @@ class FalcoFileSource(Source):
                     DecodeError("not_falco", "audit data in a Falco alert input (use an audit source)"),
                     max(1, len(decoded) + len(errors)),
                 )
+        if too_long:
+            limit = self.config.max_line_bytes
+            self._reject(inlet, DecodeError("too_large", f"line longer than {limit} bytes"), too_long)
         if events:
             self._alerts += len(events)
-            await inlet.put(Batch(events, self.name, size=sum(map(len, lines))))
+            await inlet.put(Batch(events, self.name, size=size))
 
     def _reject(self, inlet: Inlet, error: DecodeError, count: int) -> None:
         self._rejected += count

@@ -61,7 +61,7 @@ _WAKE = object()
 class FalcoGrpcSource(Source):
     """Subscribe to (or poll) one Falco's gRPC outputs service."""
 
-    name = "falco_grpc"
+    config_key = "sources.falco_grpc"
 
     def __init__(
         self, config: FalcoGrpcConfig, metrics: Metrics, *, rng: random.Random | None = None
@@ -71,15 +71,16 @@ class FalcoGrpcSource(Source):
         self._unix = config.address.startswith("unix:")
         if not self._unix and (config.tls is None or config.tls.cert is None or config.tls.key is None):
             raise ConfigError(
-                f"sources.{self.name}.tls",
+                f"{self.config_key}.tls",
                 f"TCP address {config.address!r} needs tls.cert and tls.key: Falco's gRPC server "
                 "requires mutual TLS on TCP (use unix:///path for its Unix socket)",
             )
         if self._unix and config.tls is not None:
             log.warning("falco_grpc_tls_ignored", address=config.address, reason="unix socket")
         if not self._unix:  # read at every connect; refused now rather than retried forever
-            client_tls_files(config.tls, f"sources.{self.name}.tls")
-            ssl_context(config.tls, key=f"sources.{self.name}.tls")  # the PEM files load
+            assert config.tls is not None  # checked just above
+            client_tls_files(config.tls, f"{self.config_key}.tls")
+            ssl_context(config.tls, key=f"{self.config_key}.tls")  # the PEM files load
         self._backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds, rng)
         self._stopping = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None

@@ -9,10 +9,13 @@ items are counted and skipped and the rest is accepted (200), so that a
 sender retrying on 400 does not deliver the good alerts twice; only a batch
 with no valid alert at all is refused.
 
-Also served, as by falcosidekick: ``GET /healthz`` (no auth, for probes) and
-``POST /test``, which injects a synthetic "Test rule" alert to check the
-wiring end to end.  Backpressure: 503 with ``Retry-After`` when the pipeline
-is full (Falco itself drops the alert; batching shippers retry).
+Also served, as by falcosidekick (handlers.go in falcosecurity/falcosidekick):
+``GET /healthz`` (``{"status": "ok"}``) and ``GET /ping`` (``pong``), both
+without auth, for probes and the scripts and charts that check a
+falcosidekick; and ``POST /test`` (authenticated like alerts), which injects
+a synthetic Debug "Test rule" alert to check the wiring end to end.
+Backpressure: 503 with ``Retry-After`` when the pipeline is full (Falco
+itself drops the alert; batching shippers retry).
 """
 
 from __future__ import annotations
@@ -42,21 +45,23 @@ from eventd.sources.http_input import (
 )
 
 HEALTH_PATH = "/healthz"
+PING_PATH = "/ping"
 TEST_PATH = "/test"
 TEST_RULE = "Test rule"
 
 
 class FalcoHttpSource(HttpInput):
-    name = "falco_http"
+    config_key = "sources.falco_http"
     content_types = frozenset({"application/json", "application/x-ndjson"})
 
     def __init__(self, config: FalcoHttpConfig, metrics: Metrics) -> None:
         super().__init__(config, metrics)
-        if config.path in (HEALTH_PATH, TEST_PATH):
-            raise ConfigError(f"sources.{self.name}.path", f"{config.path} is reserved")
+        if config.path in (HEALTH_PATH, PING_PATH, TEST_PATH):
+            raise ConfigError(f"{self.config_key}.path", f"{config.path} is reserved")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(HEALTH_PATH, _healthz, allow_head=True)
+        app.router.add_get(PING_PATH, _ping, allow_head=True)
         app.router.add_route("*", TEST_PATH, self.guarded(self._test))
         app.router.add_route("*", self.config.path, self.post_json(self._accept))
 
@@ -143,3 +148,7 @@ def synthetic_alert() -> dict[str, Any]:
 
 async def _healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+async def _ping(request: web.Request) -> web.Response:
+    return web.Response(text="pong\n")

@@ -243,7 +243,7 @@ class HttpInput(Source):
     def __init__(self, config: HttpInputConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        key = f"sources.{self.name}"
+        key = self.config_key
         if not config.path.startswith("/"):
             raise ConfigError(f"{key}.path", f"must start with '/', got {config.path!r}")
         self._limits = ListenerLimits.of(config, key)
@@ -386,7 +386,7 @@ class HttpInput(Source):
             app,
             self.config.listen,
             name=self.name,
-            key=f"sources.{self.name}",
+            key=self.config_key,
             limits=self._limits,
             metrics=self.metrics,
             ssl_context=self._ssl,
@@ -460,6 +460,7 @@ class HttpInput(Source):
         if length is not None:
             held.grow(length)  # refuse before reading when it cannot fit anyway
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        sink: _Collector
         if encoding in _GZIP_ENCODINGS:
             sink = _Inflater(limit)
         elif encoding in _IDENTITY_ENCODINGS:

@@ -46,7 +46,7 @@ from eventd.events.errors import DecodeError
 from eventd.events.model import Event
 from eventd.kafka_client import ConsumedOffsets, client_options
 from eventd.metrics import Metrics
-from eventd.sources.base import Batch, Inlet, Source
+from eventd.sources.base import Batch, Inlet, Source, record_filter
 
 log = structlog.get_logger(__name__)
 
@@ -124,12 +124,12 @@ class OffsetTracker:
 class KafkaSource(Source):
     """One consumer-group member reading ``topics``."""
 
-    name = "kafka"
+    config_key = "sources.kafka"
 
     def __init__(self, config: KafkaSourceConfig, metrics: Metrics) -> None:
         self.config = config
         self._metrics = metrics
-        self._key = f"sources.{self.name}"
+        self._key = self.config_key
         if not config.topics:
             raise ConfigError(f"{self._key}.topics", "at least one topic is required")
         for i, topic in enumerate(config.topics):
@@ -271,12 +271,20 @@ class KafkaSource(Source):
                 continue
             events: list[Event] = []
             offsets: dict[TopicPartition, int] = {}
-            size = 0
+            size = skipped = 0
+            prefilter = record_filter(inlet)  # one rule set for the whole batch
+            skippable = None if prefilter is None else prefilter.skippable
             for tp, messages in records.items():
                 offsets[tp] = messages[-1].offset + 1
                 for message in messages:
-                    size += len(message.value or b"")
-                    self._decode(message.value, events, inlet)
+                    value = message.value
+                    if value and skippable is not None and skippable(value):
+                        skipped += 1  # no rule can match it: its offset is processed as is
+                        continue
+                    size += len(value or b"")
+                    self._decode(value, events, inlet)
+            if prefilter is not None:
+                prefilter.skipped(name, skipped)
             done = self._tracker.add(offsets)
             consumed = None
             if self.config.exactly_once:  # the sink's transaction commits these offsets
@@ -284,7 +292,9 @@ class KafkaSource(Source):
                     self.config.group_id, dict(offsets), self._generation, self._still(self._generation)
                 )
             if events or consumed is not None:
-                await inlet.put(Batch(events, name, done, until_delivered=True, consumed=consumed, size=size))
+                batch = Batch(events, name, done, until_delivered=True, consumed=consumed, size=size)
+                batch.prefiltered_with = None if prefilter is None else prefilter.matcher
+                await inlet.put(batch)
                 self._polling_since = time.monotonic()
             else:  # nothing usable: the offsets are processed as they are
                 done.set_result(None)
@@ -304,8 +314,8 @@ class KafkaSource(Source):
             inlet.rejected(self.name, err)
             return
         events.extend(decoded)
-        for err in errors:
-            inlet.rejected(self.name, err)
+        for error in errors:
+            inlet.rejected(self.name, error)
 
     # --------------------------------------------------------------- offsets
 

@@ -170,3 +170,53 @@ def test_a_replica_that_disappears_for_good_loses_nothing(
             copies=len(found) - len(unique),
             lost=len(set(expected) - unique.keys()),
         )
+
+
+def test_a_replica_joining_mid_stream_loses_nothing(
+    kafka_broker: KafkaBroker, private_kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """Scale-out: a second replica joins the group while the first is busy,
+    so the group rebalances and takes partitions from it mid-stream.  Before
+    giving a partition up, the first waits for its in-flight batches and
+    commits what was delivered (``sources/kafka.py``, ``_hand_back``); the
+    newcomer starts from that commit.  Every expected alert arrives; a
+    record read by both (processed, not yet committed) only adds a copy with
+    the same uuid.  Then a second rebalance (the newcomer leaves) hands its
+    partitions back, again without loss."""
+    audit, alerts = kafka_broker, private_kafka_broker
+    topic, group, alert_topic = unique_name("audit"), unique_name("joiners"), unique_name("alerts")
+    audit.create_topic(topic, PARTITIONS)
+    alerts.create_topic(alert_topic)
+    first = replica(tmp_path / "first", audit, topic, group, alerts, alert_topic)
+    stream = Stream(audit.bootstrap, topic, tmp_path.name[-12:], count=2000, interval=0.005)
+    joiner = None
+    try:
+        wait_until(lambda: "kafka_partitions_assigned" in first.stderr(), timeout=30, what="first joined")
+        stream.start()
+        wait_until(lambda: consumed(first) > 50, timeout=30, what="the first consuming", proc=first)
+        joiner = replica(tmp_path / "joiner", audit, topic, group, alerts, alert_topic)
+        wait_until(
+            lambda: "kafka_partitions_assigned" in joiner.stderr(),
+            timeout=30,
+            what="joiner joined",
+            proc=joiner,
+        )
+        wait_until(lambda: consumed(joiner) > 0, timeout=30, what="the joiner consuming", proc=joiner)
+        joiner_events = consumed(joiner)
+        assert joiner.stop(timeout=30) == 0, "the joiner must leave cleanly"
+        stream.join(60)
+        expected = uuid_names(stream.alerting)
+        found = read_kafka_alerts(alerts.bootstrap, alert_topic, set(expected), timeout=90, quiet=1.0)
+        unique = assert_uuid_set(found, expected, "alert topic after a replica joined and left")
+        report(
+            "two replicas, one joins mid-stream then leaves",
+            audit_events=2000,
+            alerts_expected=len(expected),
+            alerts_delivered=len(unique),
+            copies=len(found) - len(unique),
+            joiner_events_before_leaving=int(joiner_events),
+        )
+    finally:
+        first.kill()
+        if joiner is not None:
+            joiner.kill()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from eventd.engine.fields import falco_alert, image_fields, jsonfields, k8saudit
+from eventd.engine.fields import falco_alert, image_fields, jsonfields, k8saudit, pullsecrets
+from eventd.engine.fields.aliases import ALIASES
 from eventd.engine.fields.base import FieldDef, FieldSet, Registry
 from eventd.events.model import FALCO, K8S_AUDIT
 
@@ -16,6 +17,7 @@ _FAMILIES: tuple[tuple[str, list[FieldDef]], ...] = (
     (K8S_AUDIT, k8saudit.FIELDS),
     (K8S_AUDIT, image_fields.FIELDS),
     (K8S_AUDIT, jsonfields.FIELDS),
+    (K8S_AUDIT, pullsecrets.FIELDS),
     (FALCO, falco_alert.FIELDS),
     (FALCO, image_fields.FALCO_FIELDS),
     (FALCO, jsonfields.FALCO_FIELDS),
@@ -31,4 +33,7 @@ def default_registry() -> Registry:
     by_source: dict[str, list[FieldDef]] = {}
     for source, defs in _FAMILIES:
         by_source.setdefault(source, []).extend(defs)
-    return Registry(FieldSet(source, defs, _DYNAMIC.get(source)) for source, defs in by_source.items())
+    return Registry(
+        FieldSet(source, defs, _DYNAMIC.get(source), ALIASES.get(source))
+        for source, defs in by_source.items()
+    )

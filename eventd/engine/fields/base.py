@@ -25,7 +25,7 @@ import enum
 import posixpath
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.errors import FieldError
@@ -65,6 +65,21 @@ class FieldDef:
     arg: ArgKind = ArgKind.NONE
     indexable: bool = False
     rhs_normalizer: Callable[[str], str] | None = None
+
+
+class FieldOptions(TypedDict, total=False):
+    """The optional parts of a ``FieldDef``, as keyword arguments.
+
+    A family module's table of definitions names a shared combination once
+    (``_LI = FieldOptions(is_list=True, arg=ArgKind.INDEX)``) and spreads it
+    into each ``FieldDef(..., **_LI)``; typed this way the type checker
+    checks every key and value against ``FieldDef``'s own parameters.
+    """
+
+    is_list: bool
+    arg: ArgKind
+    indexable: bool
+    rhs_normalizer: Callable[[str], str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +152,13 @@ class FieldSet:
         source: str,
         defs: Iterable[FieldDef],
         dynamic: Callable[[str], FieldDef | None] | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self.source = source
+        #: Guide-invented names read as real fields (see ``aliases.py``);
+        #: consulted before ``dynamic`` so ``image.repository`` is not taken
+        #: for an absent ``output_fields`` key.
+        self.aliases = dict(aliases or {})
         self.defs: dict[str, FieldDef] = {}
         for d in defs:
             if d.name in self.defs:
@@ -148,6 +168,8 @@ class FieldSet:
 
     def lookup(self, name: str) -> FieldDef | None:
         found = self.defs.get(name)
+        if found is None and name in self.aliases:
+            return self.lookup(self.aliases[name])
         if found is None and self._dynamic is not None:
             found = self._dynamic(name)
         return found
@@ -188,7 +210,9 @@ def _make_getter(ref: FieldRef, defn: FieldDef, arg: Any) -> Callable[[Event], E
 
         def get(ev: Event) -> Extracted:
             cache = ev.cache
-            v = cache.get(key, miss)
+            # The untyped event memo holds only what this getter stored under
+            # its own key (``miss``: not yet).
+            v: Extracted = cache.get(key, miss)
             if v is miss:
                 v = cache[key] = extract(ev, arg)
             return v
@@ -197,7 +221,7 @@ def _make_getter(ref: FieldRef, defn: FieldDef, arg: Any) -> Callable[[Event], E
 
     def get_transformed(ev: Event) -> Extracted:
         cache = ev.cache
-        v = cache.get(key, miss)
+        v: Extracted = cache.get(key, miss)  # as in ``get`` above
         if v is miss:
             v = extract(ev, arg)
             for t in transformers:

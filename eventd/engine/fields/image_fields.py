@@ -114,7 +114,9 @@ def _family_refs(
 
     def refs(ev: Event) -> Refs | None:
         cache = ev.cache
-        got = cache.get(cache_key, unset)
+        # The untyped event memo holds only what this closure stored under its
+        # own key (``unset``: not yet).
+        got: Refs | None = cache.get(cache_key, unset)
         if got is unset:
             got = None
             if audited(ev.doc):
@@ -135,7 +137,9 @@ def _all_refs(parts: list[Callable[[Event], Refs | None]]) -> Callable[[Event], 
 
     def refs(ev: Event) -> Refs | None:
         cache = ev.cache
-        got = cache.get(cache_key, unset)
+        # The untyped event memo holds only what this closure stored under its
+        # own key (``unset``: not yet).
+        got: Refs | None = cache.get(cache_key, unset)
         if got is unset:
             found = [r for r in (part(ev) for part in parts) if r is not None]
             got = cache[cache_key] = sum(found, ()) if found else None
@@ -227,7 +231,9 @@ def _alert_ref(ev: Event) -> images.ImageRef | None:
     """The alert's image: ``container.image`` if given, else rebuilt from
     ``container.image.repository`` + ``:tag`` + ``@digest``."""
     cache = ev.cache
-    got = cache.get(_ALERT_KEY, _UNSET)
+    # The untyped event memo holds only what this function stored under its
+    # own key (``_UNSET``: not yet).
+    got: images.ImageRef | None = cache.get(_ALERT_KEY, _UNSET)
     if got is _UNSET:
         got = None
         doc = ev.doc

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from eventd import images
-from eventd.engine.fields.base import ArgKind, Extracted, Extractor, FieldDef
+from eventd.engine.fields.base import ArgKind, Extracted, Extractor, FieldDef, FieldOptions
 from eventd.engine.fields.jsonfields import MISSING, to_text
 from eventd.engine.fields.podspec import request_pod_spec
 from eventd.events.model import Event
@@ -50,6 +50,9 @@ Base = Callable[[Event], Any]
 Pick = Callable[[Any, Any], Any]
 
 ABORT: Any = object()
+#: What ``per_item`` builds: an ``Extractor`` whose values are known to be text,
+#: so the special cases below can use them as strings.
+TextListExtractor = Callable[[Event, int | None], tuple[str, ...] | None]
 
 # List conventions of ``_per_item`` (see the module docstring).
 SKIP = "skip"
@@ -118,7 +121,7 @@ def json_list(base: Base, *keys: str) -> Extractor:
     return extract
 
 
-def per_item(base: Base, array_key: str, pick: Pick, mode: str = SKIP) -> Extractor:
+def per_item(base: Base, array_key: str, pick: Pick, mode: str = SKIP) -> TextListExtractor:
     """Values gathered over ``base[array_key][*]``; an index selects item N.
 
     ``mode`` says what an item without a value does: ``SKIP`` drops it,
@@ -126,7 +129,7 @@ def per_item(base: Base, array_key: str, pick: Pick, mode: str = SKIP) -> Extrac
     an index, the field is missing).
     """
 
-    def extract(ev: Event, index: int | None) -> Extracted:
+    def extract(ev: Event, index: int | None) -> tuple[str, ...] | None:
         if not audited(ev.doc):
             return None
         node = base(ev)
@@ -350,13 +353,13 @@ _req = doc_at("requestObject")
 _req_spec = doc_at("requestObject", "spec")
 _pod = request_pod_spec
 
-_L = {"is_list": True}
-_LI = {"is_list": True, "arg": ArgKind.INDEX}
+_L = FieldOptions(is_list=True)
+_LI = FieldOptions(is_list=True, arg=ArgKind.INDEX)
 
 
 #: Single-valued routing fields: the rule index keys on them, and the header
 #: decoder (``events.header.HEADER_FIELDS``) reads them off raw lines.
-_INDEXED = {"indexable": True}
+_INDEXED = FieldOptions(indexable=True)
 
 
 def _annotation(name: str, key: str, desc: str) -> FieldDef:

@@ -87,7 +87,9 @@ _UNSET = object()
 
 def _cached(event: Event, cache_key: object, object_key: str) -> dict[str, Any] | None:
     cache = event.cache
-    spec = cache.get(cache_key, _UNSET)
+    # ``Event.cache`` is an untyped memo shared by all extractors; under this
+    # private key it holds only what ``locate`` returned (``_UNSET``: not yet).
+    spec: dict[str, Any] | None = cache.get(cache_key, _UNSET)
     if spec is _UNSET:
         spec = cache[cache_key] = locate(event.doc, object_key)
     return spec

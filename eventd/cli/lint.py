@@ -1,0 +1,62 @@
+"""``eventd rules lint PATH...``: report the mistakes that make rules,
+Gatekeeper policies and Prometheus alerts on images detect nothing.
+
+Exit status: 0 when no error-level finding (warnings and notes are shown
+but pass CI), 1 when there is one, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eventd.cli.common import EXIT_OK, error
+from eventd.lint import Severity, lint_paths, worst
+from eventd.lint.render import json_doc, sarif, text
+
+EXIT_FINDINGS = 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lint`` under ``eventd rules``."""
+    p = sub.add_parser(
+        "lint",
+        help="find rule mistakes that make image rules detect nothing (text, json or sarif)",
+        description="Lint Falco rule files, Gatekeeper ConstraintTemplates/Constraints and Prometheus "
+        "rules for image-security mistakes. Exit status 1 if an error-level finding is present.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory (*.yaml, *.yml)")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
+    p.set_defaults(handler=run_lint)
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    findings = lint_paths(args.paths)
+    if args.format == "json":
+        data = json_doc(findings) + b"\n"
+    elif args.format == "sarif":
+        data = sarif(findings) + b"\n"
+    else:
+        data = text(findings).encode()
+    if args.output:
+        try:
+            with open(args.output, "wb") as out:
+                out.write(data)
+        except OSError as err:
+            error(f"cannot write {args.output}: {err}")
+            return 2
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return EXIT_FINDINGS if worst(findings) == Severity.ERROR else EXIT_OK
+
+
+def report_as_warnings(paths: list[str]) -> None:
+    """What ``eventd rules check`` prints: every finding as a warning on stderr."""
+    try:
+        findings = lint_paths(paths)
+    except OSError:
+        return  # the check itself reports unreadable files
+    for f in findings:
+        error(f"warning: {f.file}:{f.line}: {f.code} {f.item}: {f.message} (fix: {f.fix})")
