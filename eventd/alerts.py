@@ -23,12 +23,12 @@ import orjson
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.fields import default_registry
-from eventd.engine.priority import Priority
 from eventd.engine.ruleset import Rule
 from eventd.events.model import FALCO, K8S_AUDIT, Event, event_time_ns
 from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
 from eventd.images import MAX_REFERENCE_LENGTH
 from eventd.images import parse as parse_image
+from eventd.priority import Priority
 
 _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
 _NAMESPACE_SHA1 = hashlib.sha1(_UUID_NAMESPACE.bytes, usedforsecurity=False)

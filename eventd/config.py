@@ -30,8 +30,8 @@ from typing import Any, Literal
 import yaml
 
 from eventd.boundedfile import FileTooLarge, read_bounded
-from eventd.engine.priority import Priority
 from eventd.events.redact import DEFAULT_CREDENTIAL_KEY_PATTERN, check_pattern, check_pointer
+from eventd.priority import Priority
 from eventd.redact_url import redact_urls_in
 
 ENV_PREFIX = "EVENTD_"

@@ -39,10 +39,10 @@ from typing import Any, BinaryIO, cast
 from eventd.alerts import Alert, build_alert
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
 from eventd.engine.matcher import Matcher
-from eventd.engine.priority import Priority
 from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_document
 from eventd.events.errors import DecodeError
+from eventd.priority import Priority
 
 _GZIP_MAGIC = b"\x1f\x8b"
 #: An input whose first this-many documents are all rejected is not audit

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
-from eventd.sources.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
+from eventd.proto import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 
 VERSION = "0.43.0"
 ENGINE_VERSION = "0.47.0"

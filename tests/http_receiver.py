@@ -23,9 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from eventd.alerts import Alert, alert_context
-from eventd.engine.priority import Priority
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.events.timestamps import ns_to_clock, rfc3339_to_ns
+from eventd.priority import Priority
 from tests.builders import pod_create
 
 

@@ -20,10 +20,10 @@ import pytest
 from eventd.alerts import build_alert
 from eventd.engine.loader import load_rules, load_rules_text
 from eventd.engine.matcher import Matcher
-from eventd.engine.priority import Priority
 from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_object
 from eventd.events.model import Event
+from eventd.priority import Priority
 from tests.builders import audit_event, pod
 
 FALCO_STYLE = Path(__file__).parent / "data" / "rules" / "falco_style_k8s.yaml"

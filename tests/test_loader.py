@@ -10,9 +10,9 @@ import pytest
 from eventd.engine.ast import Node
 from eventd.engine.loader import WARNING_APPEND, WARNING_ENABLED, load_rules, load_rules_text
 from eventd.engine.parser import parse_condition
-from eventd.engine.priority import Priority
 from eventd.engine.ruleset import Rule, RuleSet
 from eventd.events.model import K8S_AUDIT, Event
+from eventd.priority import Priority
 from tests.builders import audit_event, pod_create
 
 DATA = Path(__file__).parent / "data" / "rules"

@@ -20,13 +20,13 @@ from bench.corpus import generate
 from eventd.alerts import Alert
 from eventd.engine.loader import load_rules
 from eventd.engine.matcher import Matcher
-from eventd.engine.priority import Priority
 from eventd.events.errors import DecodeError
 from eventd.events.falco_json import falco_alert_event
 from eventd.events.model import K8S_AUDIT, SOURCES, Event
 from eventd.image_metrics import INVALID
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline
+from eventd.priority import Priority
 from eventd.rulepacks import builtin_rule_files
 from eventd.sinks.base import Sink
 from eventd.sources.base import Batch

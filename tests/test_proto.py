@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from eventd.sources import protogen
-from eventd.sources.falco_pb import outputs_pb2, schema_pb2, version_pb2
+import eventd.proto
+from eventd.proto import outputs_pb2, schema_pb2, version_pb2
 
-CHECKED_IN = Path(protogen.__file__).parent / "falco_pb"
+
+def _load_protogen() -> ModuleType:
+    """``tools/protogen.py``: a development tool, outside the installed package."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "protogen.py"
+    spec = importlib.util.spec_from_file_location("protogen", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+protogen = _load_protogen()
+CHECKED_IN = Path(eventd.proto.__file__).parent
 
 
 def test_checked_in_stubs_are_exactly_what_protogen_generates(tmp_path: Path) -> None:
@@ -24,10 +38,10 @@ def test_checked_in_stubs_are_exactly_what_protogen_generates(tmp_path: Path) ->
 
 def test_sibling_imports_are_package_imports() -> None:
     text = (CHECKED_IN / "outputs_pb2.py").read_text()
-    assert "from eventd.sources.falco_pb import schema_pb2 as schema__pb2" in text
+    assert "from eventd.proto import schema_pb2 as schema__pb2" in text
     assert "\nimport schema_pb2" not in text
     grpc_text = (CHECKED_IN / "outputs_pb2_grpc.py").read_text()
-    assert "from eventd.sources.falco_pb import outputs_pb2 as outputs__pb2" in grpc_text
+    assert "from eventd.proto import outputs_pb2 as outputs__pb2" in grpc_text
 
 
 def test_protoc_errors_are_raised(tmp_path: Path) -> None:

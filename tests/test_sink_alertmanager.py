@@ -27,9 +27,9 @@ import orjson
 import pytest
 
 from eventd.config import AlertmanagerSeverity, AlertmanagerSinkConfig, ConfigError, load_config
-from eventd.engine.priority import Priority
 from eventd.events.timestamps import rfc3339_to_ns
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.alertmanager import AlertmanagerSink, alertmanager_alert
 from tests.http_receiver import T0, sample_alert, serve
 

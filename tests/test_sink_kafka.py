@@ -28,8 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from eventd.alerts import Alert
 from eventd.config import ConfigError, KafkaRoute, KafkaSinkConfig
-from eventd.engine.priority import Priority
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.kafka import KafkaSink
 from eventd.sinks.spool import HEADER_SIZE
 from tests.kafka_broker import KafkaBroker, free_port, unique_name

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from eventd.alerts import Alert
 from eventd.config import DedupConfig, SinkConfig
-from eventd.engine.priority import Priority
 from eventd.kafka_client import ConsumedOffsets
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.base import Sink
 from eventd.sinks.policy import PolicySink
 from tests.http_receiver import T0, sample_alert

@@ -13,8 +13,8 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from eventd.config import ConfigError, SlackSinkConfig
-from eventd.engine.priority import Priority
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.lane import SinkLane
 from eventd.sinks.policy import PolicySink
 from eventd.sinks.slack import SlackSink

@@ -22,10 +22,10 @@ from eventd.events.errors import DecodeError
 from eventd.events.falco_grpc import json_value, response_event, response_to_alert
 from eventd.events.model import FALCO
 from eventd.metrics import Metrics
+from eventd.proto import outputs_pb2, version_pb2, version_pb2_grpc
 from eventd.sources import falco_grpc
 from eventd.sources.base import Batch
 from eventd.sources.falco_grpc import Backoff, FalcoGrpcSource
-from eventd.sources.falco_pb import outputs_pb2, version_pb2, version_pb2_grpc
 from tests.falco_grpc_server import FakeFalco, make_response
 
 pytestmark = pytest.mark.timeout(30)

@@ -20,10 +20,10 @@ from eventd.cli.common import (
     error,
     load_ruleset_or_report,
 )
-from eventd.engine.matcher import RULE_MATCHING
-from eventd.engine.priority import Priority
+from eventd.engine.ruleset import RULE_MATCHING
 from eventd.events import redact
 from eventd.gctune import tune_after_startup
+from eventd.priority import Priority
 from eventd.scanner import DEFAULT_MAX_LINE_BYTES, NotAuditData, Scanner, ScanStats
 
 if TYPE_CHECKING:

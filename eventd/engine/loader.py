@@ -39,7 +39,7 @@ from eventd.engine.load_result import WARNING_APPEND, WARNING_ENABLED, Finding
 from eventd.engine.loader_collector import Collector
 from eventd.engine.loader_compiler import MAX_CONDITION_DEPTH, Compiled, compile_collection
 from eventd.engine.loader_reader import DEFAULT_SOURCE, Reader, read_text, rule_files
-from eventd.engine.ruleset import RuleSet
+from eventd.engine.ruleset import RULE_MATCHING, RuleSet, check_rule_matching
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -51,8 +51,6 @@ __all__ = [
     "load_rules_text",
     "rule_files",
 ]
-
-RULE_MATCHING = ("first", "all")
 
 
 def load_rules_text(
@@ -103,7 +101,6 @@ def load_rules(
 
     ``rule_matching`` is only validated here; the matcher applies it.
     """
-    if rule_matching not in RULE_MATCHING:
-        raise ValueError(f"rule_matching must be one of {RULE_MATCHING}, not {rule_matching!r}")
+    check_rule_matching(rule_matching)
     sources = [(str(f), read_text(f)) for f in rule_files(paths)]
     return load_rules_text(sources, registry=registry, strict=strict, infer_source=infer_source)

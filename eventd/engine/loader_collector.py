@@ -26,8 +26,8 @@ from eventd.engine.load_result import (
     Finding,
     WarningCode,
 )
-from eventd.engine.priority import Priority
 from eventd.engine.yamlsrc import Where
+from eventd.priority import Priority
 
 
 def _invalid(where: Where, message: str) -> RuleError:

@@ -29,7 +29,6 @@ from eventd.engine.load_result import (
     WarningCode,
 )
 from eventd.engine.loader_collector import Collector, ListInfo, MacroInfo, RuleInfo, RuleUpdate, validated
-from eventd.engine.priority import Priority
 from eventd.engine.source_inference import prepare_documents
 from eventd.engine.versions import Version, engine_problem, parse_engine_requirement, plugin_problem
 from eventd.engine.yamlsrc import (
@@ -43,6 +42,7 @@ from eventd.engine.yamlsrc import (
     load_documents,
     scalar_text,
 )
+from eventd.priority import Priority
 
 DEFAULT_SOURCE = "syscall"
 #: Falco's macro name pattern (``RGX_IDENTIFIER``); other names load with a warning.

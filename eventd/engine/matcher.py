@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING
 from eventd.engine.fields import default_registry
 from eventd.engine.fields.base import Registry
 from eventd.engine.index import Prefilter, RuleIndex
-from eventd.engine.ruleset import Rule, RuleSet
+from eventd.engine.ruleset import Rule, RuleSet, check_rule_matching
 from eventd.events.model import Event
 
 if TYPE_CHECKING:  # structlog itself is imported lazily, see ``_log``
     from structlog.typing import FilteringBoundLogger
-
-RULE_MATCHING = ("first", "all")
 
 
 class Matcher:
@@ -37,8 +35,7 @@ class Matcher:
         *,
         rule_matching: str = "first",
     ) -> None:
-        if rule_matching not in RULE_MATCHING:
-            raise ValueError(f"rule_matching must be one of {RULE_MATCHING}, not {rule_matching!r}")
+        check_rule_matching(rule_matching)
         self.ruleset = ruleset
         self.first_only = rule_matching == "first"
         registry = registry or default_registry()

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from eventd.engine.ast import Node
 from eventd.engine.load_result import Finding
-from eventd.engine.priority import Priority
 from eventd.events.model import Event
+from eventd.priority import Priority
 
 if TYPE_CHECKING:
     from eventd.engine.output import OutputFormat
@@ -49,3 +49,14 @@ class RuleSet:
     warnings: tuple[str, ...] = field(default=())
     #: The same warnings with Falco's codes (``load_result.Finding``).
     findings: tuple[Finding, ...] = field(default=())
+
+
+#: Falco's ``rule_matching`` settings: stop at the first matching rule (in
+#: load order) or raise an alert for every rule that matches.
+RULE_MATCHING = ("first", "all")
+
+
+def check_rule_matching(value: str) -> None:
+    """Refuse a ``rule_matching`` value Falco does not have (``ValueError``)."""
+    if value not in RULE_MATCHING:
+        raise ValueError(f"rule_matching must be one of {RULE_MATCHING}, not {value!r}")

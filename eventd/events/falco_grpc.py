@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from eventd.engine.priority import Priority
 from eventd.events.falco_json import DEFAULT_SOURCE, falco_alert_event
 from eventd.events.model import Event
 from eventd.events.timestamps import ns_to_rfc3339
+from eventd.priority import Priority
 
 if TYPE_CHECKING:
-    from eventd.sources.falco_pb import outputs_pb2
+    from eventd.proto import outputs_pb2
 
 #: Enum field 3 -> Falco's source names (0.24-0.30 only knew the first three).
 DEPRECATED_SOURCES = {0: DEFAULT_SOURCE, 1: "k8s_audit", 2: "internal", 3: "plugin"}

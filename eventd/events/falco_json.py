@@ -11,11 +11,11 @@ from typing import Any
 
 import orjson
 
-from eventd.engine.priority import Priority
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO, Event
 from eventd.events.redact import redact_falco_alert
 from eventd.events.timestamps import rfc3339_to_ns
+from eventd.priority import Priority
 
 #: What Falco writes when the rule's source is not given (sidekick says "syscalls").
 DEFAULT_SOURCE = "syscall"

@@ -37,9 +37,9 @@ import orjson
 from eventd.alerts import Alert
 from eventd.checks import client_tls_files
 from eventd.config import AlertmanagerSeverity, AlertmanagerSinkConfig, ConfigError
-from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.secretfile import SecretFile, secret_url
 from eventd.sinks.http_delivery import HttpSink
 from eventd.sinks.slack import image_reference

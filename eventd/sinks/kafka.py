@@ -52,9 +52,9 @@ from eventd.alerts import Alert
 from eventd.backoff import backoff_delay
 from eventd.checks import client_tls_files, spool_settings
 from eventd.config import ConfigError, KafkaRoute, KafkaSinkConfig
-from eventd.engine.priority import Priority
 from eventd.kafka_client import ConsumedOffsets, client_options, sink_client_log, started_producer
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.base import Receipt, Sink
 from eventd.sinks.kafka_transactions import TransactionalDelivery
 from eventd.sinks.spool import Spool, SpoolError, SpoolFull

@@ -38,9 +38,9 @@ import structlog
 
 from eventd.alerts import Alert
 from eventd.config import SinkConfig
-from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.sinks.base import Receipt, Sink
 
 if TYPE_CHECKING:

@@ -26,9 +26,9 @@ import orjson
 from eventd.alerts import Alert
 from eventd.checks import client_tls_files
 from eventd.config import ConfigError, SlackSinkConfig
-from eventd.engine.priority import Priority
 from eventd.events.timestamps import ns_to_rfc3339
 from eventd.metrics import Metrics
+from eventd.priority import Priority
 from eventd.secretfile import SecretFile, check_http_url
 from eventd.sinks.http_delivery import HttpSink
 

@@ -43,8 +43,8 @@ from eventd.events.falco_grpc import response_event
 from eventd.events.model import Event
 from eventd.kafka_client import ssl_context
 from eventd.metrics import Metrics
+from eventd.proto import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 from eventd.sources.base import Batch, Inlet, Source
-from eventd.sources.falco_pb import outputs_pb2, outputs_pb2_grpc, version_pb2, version_pb2_grpc
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ import pytest
 
 from eventd.alerts import alert_uuid
 from eventd.events.falco_grpc import response_event
-from eventd.sources.falco_pb import outputs_pb2
+from eventd.proto import outputs_pb2
 from tests.daemon_process import EventdProcess
 from tests.falco_grpc_server import FakeFalco, make_response
 from tests.faults.accounting import (

@@ -19,9 +19,9 @@ import pytest
 from eventd.config import FalcoGrpcConfig
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
+from eventd.proto import outputs_pb2
 from eventd.sources.base import Batch
 from eventd.sources.falco_grpc import FalcoGrpcSource
-from eventd.sources.falco_pb import outputs_pb2
 from tests.falco_grpc_server import FakeFalco, make_response
 
 pytestmark = pytest.mark.timeout(60)
