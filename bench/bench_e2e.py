@@ -45,8 +45,8 @@ from bench.loadgen import AlertKey, LoadResult, WebhookDriver, Workload, build_w
 from eventd.config import AuditWebhookConfig, Config
 from eventd.daemon import build_matcher
 from eventd.events.dedup import RecentKeys
-from tests.daemon_process import EventdProcess, free_port
-from tests.kafka_broker import KafkaBroker
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.kafka_broker import KafkaBroker
 
 #: Target: highest sustained rate, events/s.
 TARGET_EVENTS_PER_S = 40_000

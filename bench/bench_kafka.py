@@ -53,9 +53,9 @@ from bench.corpus import DEFAULT_POD_RATIO, generate
 from eventd.engine.loader import load_rules
 from eventd.rulepacks import builtin_rule_files
 from eventd.scanner import Scanner
-from tests.daemon_process import EventdProcess
 from tests.faults.accounting import read_kafka_alerts
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 #: Target: Kafka source -> Kafka sink on one core, events/s.
 TARGET_ONE_REPLICA_EPS = 60_000

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon_process import free_port  # noqa: E402
-from tests.kafka_broker import KafkaBroker  # noqa: E402
+from tests.support.daemon_process import free_port  # noqa: E402
+from tests.support.kafka_broker import KafkaBroker  # noqa: E402
 
 FAILURES = re.compile(r'^eventd_sink_failures_total\{[^}]*sink="kafka"[^}]*\} (\S+)$', re.M)
 

@@ -15,9 +15,11 @@ mutant runs it again.  mutmut only runs, for each mutant, the tests that
 called the mutated function in a first clean run.
 
     pip install -e '.[test,mutation]'
-    python3 scripts/mutation.py                        # every module (about an hour on 2 cores)
+    python3 scripts/mutation.py                        # every module (hours on 2 busy cores)
     python3 scripts/mutation.py eventd/events/dedup.py # one module
+    python3 scripts/mutation.py --mutants 'eventd.sources.kafka.xǁOffsetTrackerǁ*' eventd/sources/kafka.py
     python3 scripts/mutation.py --survivors /tmp/eventd-mutation  # report on the last runs again
+    python3 scripts/mutation.py --replay /tmp/eventd-mutation/report.md  # earlier survivors vs today's tests
 
 It prints a Markdown table (killed/survived per module; "log-only" survivors
 change nothing but a logging call) and writes it, with the diff of every
@@ -81,7 +83,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_pipeline_delivery.py",
         "tests/test_metrics_exposition.py",
     ],
-    "eventd/engine/exceptions.py": [
+    "eventd/engine/rule_exceptions.py": [
         "tests/test_exceptions_errors.py",
         "tests/test_exceptions.py",
         "tests/test_loader_errors.py",
@@ -273,12 +275,14 @@ def replay(report: Path, workdir: Path, tests: dict[str, list[str]] | None = Non
         if "(" in name or "```diff" not in block:
             continue  # log-only, or not checked / no tests
         diff = block.split("```diff", 1)[1].split("```", 1)[0]
-        lines = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-        old = [line[1:] for line in lines if line.startswith("-")]
-        new = [line[1:] for line in lines if line.startswith("+")]
+        hunk = [line for line in diff.splitlines() if line[:1] in " +-" and line[:3] not in ("+++", "---")]
+        # The hunk with its context lines, so that a line that occurs twice
+        # in the module is found at the mutant's own place.
+        old = [line[1:] for line in hunk if line[:1] in " -"]
+        new = [line[1:] for line in hunk if line[:1] in " +"]
         module = "eventd/" + "/".join(name.split(".")[1:-1]) + ".py"
         selection = (tests or MODULES).get(module)
-        if selection is None or not old:
+        if selection is None or old == new:
             continue
         path = tree / module
         source = path.read_text(encoding="utf-8")
@@ -290,7 +294,7 @@ def replay(report: Path, workdir: Path, tests: dict[str, list[str]] | None = Non
             if source.count(before) == 1:
                 break
         else:
-            out.append(f"- `{name}`: gone (its lines changed since the run)")
+            out.append(f"- `{name}`: not replayed (its lines changed since the run, or occur twice)")
             continue
         path.write_text(source.replace(before, after), encoding="utf-8")
         try:

@@ -27,7 +27,7 @@ from eventd.engine.matcher import Matcher
 from eventd.events.falco_json import falco_alert_event
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import falco_alert
+from tests.support.builders import falco_alert
 from tests.test_rule_packs import CASES, build
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from bench import bench_e2e
 from bench.loadgen import MARKER_IMAGE, MARKER_RULE, build_workload
 from eventd.config import Config
 from eventd.daemon import build_matcher
-from tests.kafka_broker import KafkaBroker
+from tests.support.kafka_broker import KafkaBroker
 
 STEP_FIELDS = {f.name for f in dataclasses.fields(bench_e2e.StepResult)}
 REPORT_KEYS = {

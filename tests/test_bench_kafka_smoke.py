@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from bench import bench_kafka, bench_startup
-from tests.kafka_broker import KafkaBroker
+from tests.support.kafka_broker import KafkaBroker
 
 EVENTS = 3000
 

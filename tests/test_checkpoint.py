@@ -19,7 +19,7 @@ from eventd.sources.checkpoint import (
     load_checkpoint,
     write_checkpoint,
 )
-from tests.fsync_log import SyncLog
+from tests.support.fsync_log import SyncLog
 
 HEAD = b'{"kind":"Event","auditID":"a-1"}\n'
 

@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from bench.corpus import write_corpus
-from tests.builders import audit_event, deployment, falco_alert, lease_renewal, pod_create
+from tests.support.builders import audit_event, deployment, falco_alert, lease_renewal, pod_create
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "audit-sample.jsonl"

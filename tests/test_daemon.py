@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess, free_port
+from tests.support.builders import audit_event, pod
+from tests.support.daemon_process import EventdProcess, free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -13,7 +13,7 @@ from eventd.events.decode import decode_document, decode_object
 from eventd.events.errors import DecodeError
 from eventd.events.model import FALCO, K8S_AUDIT, event_time_ns
 from eventd.events.redact import REDACTED
-from tests.builders import audit_event, falco_alert, lease_renewal, pod_create
+from tests.support.builders import audit_event, falco_alert, lease_renewal, pod_create
 
 
 def test_single_event_v1_and_v1beta1() -> None:

@@ -31,7 +31,6 @@ from eventd.kafka_client import ConsumedOffsets, client_options
 from eventd.metrics import Metrics
 from eventd.sinks.kafka import KafkaSink, Router
 from eventd.sinks.kafka_transactions import TransactionalDelivery, TransactionRefused
-from tests.daemon_process import EventdProcess
 from tests.faults.accounting import (
     ALERT_NS,
     QUIET_NS,
@@ -42,8 +41,9 @@ from tests.faults.accounting import (
     uuid_names,
     wait_until,
 )
-from tests.http_receiver import sample_alert
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess
+from tests.support.http_receiver import sample_alert
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(180)
 

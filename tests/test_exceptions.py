@@ -9,10 +9,10 @@ import pytest
 
 from eventd.engine.ast import Node
 from eventd.engine.errors import RuleError
-from eventd.engine.exceptions import ExceptionDef, expand_condition, read_exceptions, validate
 from eventd.engine.fields import default_registry
 from eventd.engine.loader import load_rules_text
 from eventd.engine.parser import parse_condition
+from eventd.engine.rule_exceptions import ExceptionDef, expand_condition, read_exceptions, validate
 from eventd.engine.yamlsrc import Map, Where, load_documents
 
 HEAD = """

@@ -2,7 +2,7 @@
 
 ``test_loader_errors.py`` matches each message as a substring of the error
 line (as users do), which lets a mangled message through; for the errors of
-``engine/exceptions.py`` the message is Falco's whole text, so it is compared
+``engine/rule_exceptions.py`` the message is Falco's whole text, so it is compared
 whole here.  Messages follow Falco's rule loader
 (userspace/engine/rule_loader_reader.cpp and rule_loader_collector.cpp in
 falcosecurity/falco: "Value must be non-empty", "Fields and values lists must

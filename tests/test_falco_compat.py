@@ -24,7 +24,7 @@ from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_object
 from eventd.events.model import Event
 from eventd.priority import Priority
-from tests.builders import audit_event, pod
+from tests.support.builders import audit_event, pod
 
 FALCO_STYLE = Path(__file__).parent / "data" / "rules" / "falco_style_k8s.yaml"
 PRIVILEGED = "Privileged Pod Launched"

@@ -30,7 +30,7 @@ from eventd.engine.loader import load_rules_text
 from eventd.engine.parser import parse_condition, unescape
 from eventd.engine.ruleset import RuleSet
 from eventd.events.model import K8S_AUDIT, Event
-from tests.builders import audit_event
+from tests.support.builders import audit_event
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from eventd.engine.fields.pullsecrets import ENTRY_OVERHEAD, STORE, PullSecretSt
 from eventd.engine.loader import load_rules
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import audit_event, deployment, pod
+from tests.support.builders import audit_event, deployment, pod
 
 REPO = Path(__file__).resolve().parents[1]
 READ_RULE = "Image Pull Secret Read By Non-System User"

@@ -27,7 +27,7 @@ from eventd.events.model import K8S_AUDIT, Event
 from eventd.gatekeeper import ConstraintError, constraint_rules, read_constraints
 from eventd.ruleload import load_with_options
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import audit_event, deployment, pod
+from tests.support.builders import audit_event, deployment, pod
 
 BYPASS = "Admission Bypass: Image Outside Gatekeeper"
 EXCLUDED = "Admission Bypass: Image In Namespace Excluded From Gatekeeper"

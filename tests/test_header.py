@@ -37,7 +37,7 @@ from eventd.events.header import (
 )
 from eventd.events.model import FALCO, K8S_AUDIT, Event
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import audit_event, deployment, falco_alert, lease_renewal, pod
+from tests.support.builders import audit_event, deployment, falco_alert, lease_renewal, pod
 
 FALCO_STYLE = Path(__file__).parent / "data" / "rules" / "falco_style_k8s.yaml"
 REGISTRY = default_registry()

@@ -41,7 +41,7 @@ from eventd.sources.http_input import (
     inflight_full,
     stopping,
 )
-from tests.builders import falco_alert
+from tests.support.builders import falco_alert
 from tests.test_source_falco_http import JSON, RecordingInlet, config, post, running
 
 RETRY = {"Retry-After": "1"}

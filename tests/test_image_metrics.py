@@ -15,7 +15,7 @@ from eventd.events.model import FALCO, K8S_AUDIT, Event
 from eventd.image_metrics import INVALID, ImagePullCounter
 from eventd.images import ImageReferenceError, parse
 from eventd.metrics import Metrics
-from tests.builders import audit_event, deployment, falco_alert, lease_renewal, pod, pod_create
+from tests.support.builders import audit_event, deployment, falco_alert, lease_renewal, pod, pod_create
 
 TRUSTED = ("myregistry.io", "gcr.io/my-project", "docker.io/library")
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.image_metrics import ImagePullCounter
 from eventd.metrics import Metrics
-from tests.builders import audit_event, deployment, pod
+from tests.support.builders import audit_event, deployment, pod
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "deploy" / "prometheus"

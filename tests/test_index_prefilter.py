@@ -18,7 +18,7 @@ from eventd.engine.matcher import Matcher
 from eventd.events.decode import decode_object
 from eventd.rulepacks import builtin_rule_files
 from eventd.scanner import Scanner
-from tests.builders import audit_event, falco_alert, lease_renewal, pod
+from tests.support.builders import audit_event, falco_alert, lease_renewal, pod
 
 RULES = """
 - rule: Untrusted pod image

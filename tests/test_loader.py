@@ -13,7 +13,7 @@ from eventd.engine.parser import parse_condition
 from eventd.engine.ruleset import Rule, RuleSet
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.priority import Priority
-from tests.builders import audit_event, pod_create
+from tests.support.builders import audit_event, pod_create
 
 DATA = Path(__file__).parent / "data" / "rules"
 

@@ -36,8 +36,8 @@ from eventd.logs import (
     kafka_client_context,
     resolve_format,
 )
-from tests.daemon_process import EventdProcess, free_port
-from tests.kafka_broker import KafkaBroker
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.kafka_broker import KafkaBroker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

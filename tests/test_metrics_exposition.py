@@ -30,7 +30,7 @@ from eventd.priority import Priority
 from eventd.rulepacks import builtin_rule_files
 from eventd.sinks.base import Sink
 from eventd.sources.base import Batch
-from tests.builders import falco_alert, pod_create
+from tests.support.builders import falco_alert, pod_create
 
 CAP = 3
 TRUSTED = ("myregistry.io", "gcr.io/my-project", "docker.io/library")

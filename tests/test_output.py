@@ -11,7 +11,7 @@ from eventd.engine.fields import default_registry
 from eventd.engine.fields.base import ArgKind, FieldDef, FieldSet
 from eventd.engine.output import OutputFormat, UnknownOutputField, value_text
 from eventd.events.model import K8S_AUDIT, Event
-from tests.builders import audit_event, pod_create
+from tests.support.builders import audit_event, pod_create
 
 
 def _get(key: str):

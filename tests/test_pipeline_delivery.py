@@ -25,7 +25,7 @@ from eventd.pipeline import Pipeline
 from eventd.sinks.base import Receipt, Sink
 from eventd.sources.base import Batch
 from tests.faults.accounting import ALERT_NS, QUIET_NS, RULES, audit_doc
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 
 class Gated(Sink):

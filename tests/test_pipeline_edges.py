@@ -26,7 +26,7 @@ from eventd.pipeline import Pipeline
 from eventd.sinks.base import Receipt
 from eventd.sinks.lane import LaneClosed
 from eventd.sources.base import Batch
-from tests.builders import falco_alert
+from tests.support.builders import falco_alert
 from tests.test_pipeline_delivery import Gated, batch, events, matcher, running
 
 

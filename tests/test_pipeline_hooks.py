@@ -25,7 +25,7 @@ from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline
 from eventd.sinks.base import Receipt, Sink
 from eventd.sources.base import Batch
-from tests.builders import audit_event, falco_alert, lease_renewal, pod_create
+from tests.support.builders import audit_event, falco_alert, lease_renewal, pod_create
 
 RULES = """\
 - rule: Pod created

@@ -30,7 +30,7 @@ from eventd.scanner import (
     _bounded_lines,
     _lines_at,
 )
-from tests.builders import audit_event, deployment, falco_alert, lease_renewal, pod
+from tests.support.builders import audit_event, deployment, falco_alert, lease_renewal, pod
 from tests.test_header import ODD_LINES, builder_lines
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,7 +31,7 @@ from eventd.events.timestamps import rfc3339_to_ns
 from eventd.metrics import Metrics
 from eventd.priority import Priority
 from eventd.sinks.alertmanager import AlertmanagerSink, alertmanager_alert
-from tests.http_receiver import T0, sample_alert, serve
+from tests.support.http_receiver import T0, sample_alert, serve
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 #: ``postableAlert`` of Alertmanager's OpenAPI v2 spec: the fields we may send.

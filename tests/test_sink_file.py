@@ -13,8 +13,8 @@ import pytest
 from eventd.config import FileSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.file import FileSink
-from tests.http_receiver import sample_alert
-from tests.waiting import wait_until
+from tests.support.http_receiver import sample_alert
+from tests.support.waiting import wait_until
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:

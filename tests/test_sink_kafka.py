@@ -32,8 +32,8 @@ from eventd.metrics import Metrics
 from eventd.priority import Priority
 from eventd.sinks.kafka import KafkaSink
 from eventd.sinks.spool import HEADER_SIZE
-from tests.kafka_broker import KafkaBroker, free_port, unique_name
-from tests.waiting import wait_until
+from tests.support.kafka_broker import KafkaBroker, free_port, unique_name
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 _UUIDS = uuid.UUID("0b6a4f0e-8f0c-4a57-9d55-2f4f3c1d9e21")

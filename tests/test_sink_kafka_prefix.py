@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from eventd.metrics import Metrics
 from eventd.sinks.kafka import SKIPPED, KafkaSink, done_prefix
 from eventd.sinks.spool import Spool
-from tests.kafka_broker import KafkaBroker
+from tests.support.kafka_broker import KafkaBroker
+from tests.support.waiting import wait_until
 from tests.test_sink_kafka import config, make_alert, read_messages, sample
-from tests.waiting import wait_until
 
 OUTCOMES = st.one_of(
     st.builds(lambda n: ("ack", n), st.integers(0, 10**6)),

@@ -22,8 +22,8 @@ from eventd.sinks.base import Receipt, Sink
 from eventd.sinks.lane import LaneClosed, SinkLane
 from eventd.sinks.policy import PolicySink
 from eventd.sinks.webhook import WebhookSink
-from tests.http_receiver import Answer, Receiver, sample_alert, serve
-from tests.waiting import wait_until
+from tests.support.http_receiver import Answer, Receiver, sample_alert, serve
+from tests.support.waiting import wait_until
 
 
 class Gate(Sink):

@@ -20,7 +20,7 @@ from eventd.config import BufferConfig
 from eventd.metrics import Metrics
 from eventd.sinks.base import Receipt, Sink
 from eventd.sinks.lane import LaneClosed, SinkLane
-from tests.http_receiver import sample_alert
+from tests.support.http_receiver import sample_alert
 
 
 class Held(Sink):

@@ -21,8 +21,8 @@ from eventd.metrics import Metrics
 from eventd.sinks import lane as lane_module
 from eventd.sinks.base import Receipt, Sink
 from eventd.sinks.lane import LaneClosed, SinkLane
-from tests.http_receiver import sample_alert
-from tests.waiting import wait_until
+from tests.support.http_receiver import sample_alert
+from tests.support.waiting import wait_until
 
 ALERT = sample_alert("same size")
 SIZE = len(ALERT.to_json())

@@ -27,9 +27,9 @@ from eventd.sinks.file import FileSink
 from eventd.sinks.kafka import KafkaSink
 from eventd.sinks.stdout import StdoutSink
 from eventd.sinks.webhook import WebhookSink
-from tests.builders import audit_event, deployment, falco_alert, pod_create
-from tests.http_receiver import serve
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.builders import audit_event, deployment, falco_alert, pod_create
+from tests.support.http_receiver import serve
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 #: A rule of ours on Falco alerts that prints the yes/no image fields.
 FLAG_RULE = """

@@ -18,8 +18,8 @@ from eventd.metrics import Metrics
 from eventd.priority import Priority
 from eventd.sinks.base import Sink
 from eventd.sinks.policy import PolicySink
-from tests.http_receiver import T0, sample_alert
-from tests.waiting import wait_until
+from tests.support.http_receiver import T0, sample_alert
+from tests.support.waiting import wait_until
 
 
 class Recorder(Sink):

@@ -18,7 +18,7 @@ from eventd.priority import Priority
 from eventd.sinks.lane import SinkLane
 from eventd.sinks.policy import PolicySink
 from eventd.sinks.slack import SlackSink
-from tests.http_receiver import Answer, Receiver, sample_alert, serve
+from tests.support.http_receiver import Answer, Receiver, sample_alert, serve
 
 SECRET_PATH = "/services/T0001/B0001/s3cr3tT0ken"
 

@@ -16,8 +16,8 @@ import pytest_asyncio
 from eventd.config import ConfigError, WebhookSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.webhook import WebhookSink
-from tests.http_receiver import Answer, Receiver, Recorded, sample_alert, serve
-from tests.tls_certs import make_tls_files
+from tests.support.http_receiver import Answer, Receiver, Recorded, sample_alert, serve
+from tests.support.tls_certs import make_tls_files
 
 KEY = "k3y-for-signing"
 

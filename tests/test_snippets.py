@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from eventd.lint import lint_paths
-from tests.builders import audit_event, deployment, falco_alert, pod
+from tests.support.builders import audit_event, deployment, falco_alert, pod
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seed-snippets"

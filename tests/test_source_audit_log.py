@@ -26,8 +26,8 @@ from eventd.sources.audit_log import AuditLogSource
 from eventd.sources.base import Batch
 from eventd.sources.checkpoint import load_checkpoint, write_checkpoint
 from eventd.sources.linereader import LineSplitter, rotated_files
-from tests.builders import audit_event
-from tests.waiting import wait_until
+from tests.support.builders import audit_event
+from tests.support.waiting import wait_until
 
 POLL = 0.01
 

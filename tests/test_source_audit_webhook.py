@@ -25,9 +25,9 @@ from eventd.config import AuditWebhookConfig, ConfigError, Listen
 from eventd.metrics import Metrics
 from eventd.sources.audit_webhook import AuditWebhookSource
 from eventd.sources.http_input import Rejected, _Inflater
-from tests.builders import audit_event
-from tests.http_inlet import RecordingInlet as SharedInlet
-from tests.tls_certs import TlsFiles, make_tls_files
+from tests.support.builders import audit_event
+from tests.support.http_inlet import RecordingInlet as SharedInlet
+from tests.support.tls_certs import TlsFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/k8s-audit"

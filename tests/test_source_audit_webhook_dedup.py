@@ -17,9 +17,9 @@ import pytest
 from eventd.metrics import Metrics
 from eventd.sources import audit_webhook, http_input
 from eventd.sources.audit_webhook import AuditWebhookSource
-from tests.builders import audit_event
+from tests.support.builders import audit_event
+from tests.support.waiting import wait_until
 from tests.test_source_audit_webhook import JSON, RecordingInlet, config, duplicates, event_list, running
-from tests.waiting import wait_until
 
 
 async def answer(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, dict]:
@@ -59,6 +59,34 @@ async def test_a_copy_waits_for_the_batch_in_flight_and_follows_its_outcome(
             inlet.batches[1].done.set_result(None)
             assert await copy == (200, {"accepted": 2, "duplicates": 0, "rejected": 0})
             assert duplicates(metrics) == 0
+
+
+@pytest.mark.asyncio
+async def test_copies_woken_by_a_failed_batch_do_not_both_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two copies wait for a batch that then fails: the first to sort again
+    claims the events, and the second must wait for that one in turn (not
+    deliver the same events a second time)."""
+    monkeypatch.setattr(http_input, "DELIVERY_TIMEOUT_SECONDS", 10.0)
+    metrics, inlet = Metrics(), RecordingInlet()
+    inlet.deliver = False
+    shared = audit_event(auditID="thrice")
+    source = AuditWebhookSource(config(), metrics)
+    async with running(source, inlet) as url, aiohttp.ClientSession() as session:
+        first = asyncio.create_task(answer(session, url, event_list(shared)))
+        await wait_until(lambda: len(inlet.batches) == 1)
+        copies = [asyncio.create_task(answer(session, url, event_list(shared))) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        inlet.batches[0].done.set_exception(RuntimeError("sink refused"))
+        assert (await first)[0] == 503
+        await wait_until(lambda: len(inlet.batches) == 2)
+        await asyncio.sleep(0.1)
+        assert len(inlet.batches) == 2, "the other copy must wait for the one delivering"
+        inlet.batches[1].done.set_result(None)
+        answers = sorted([await copy for copy in copies], key=lambda a: a[1]["accepted"])
+        assert answers == [
+            (200, {"accepted": 0, "duplicates": 1, "rejected": 0}),
+            (200, {"accepted": 1, "duplicates": 0, "rejected": 0}),
+        ]
 
 
 @pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""The Falco gRPC source against a real grpc.aio fake Falco (tests/falco_grpc_server.py),
+"""The Falco gRPC source against a real grpc.aio fake Falco (tests/support/falco_grpc_server.py),
 over a Unix socket and over TCP with mutual TLS."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from eventd.proto import outputs_pb2, version_pb2, version_pb2_grpc
 from eventd.sources import falco_grpc
 from eventd.sources.base import Batch
 from eventd.sources.falco_grpc import Backoff, FalcoGrpcSource
-from tests.falco_grpc_server import FakeFalco, make_response
+from tests.support.falco_grpc_server import FakeFalco, make_response
 
 pytestmark = pytest.mark.timeout(30)
 

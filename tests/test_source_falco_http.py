@@ -19,9 +19,9 @@ from eventd.config import ConfigError, FalcoHttpConfig, Listen
 from eventd.events.model import FALCO
 from eventd.metrics import Metrics
 from eventd.sources.falco_http import FalcoHttpSource
-from tests.builders import falco_alert
-from tests.http_inlet import RecordingInlet as SharedInlet
-from tests.tls_certs import make_tls_files
+from tests.support.builders import falco_alert
+from tests.support.http_inlet import RecordingInlet as SharedInlet
+from tests.support.tls_certs import make_tls_files
 
 JSON = {"Content-Type": "application/json"}
 

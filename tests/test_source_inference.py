@@ -20,7 +20,7 @@ from eventd.engine.loader import load_rules_text
 from eventd.engine.source_inference import infer_from_fields, infer_sources, with_inferred_sources
 from eventd.engine.yamlsrc import load_documents
 from eventd.events.model import FALCO, K8S_AUDIT, Event
-from tests.builders import audit_event, falco_alert, pod
+from tests.support.builders import audit_event, falco_alert, pod
 
 
 @pytest.mark.parametrize(

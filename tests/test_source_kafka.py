@@ -20,9 +20,9 @@ from eventd.kafka_client import client_options
 from eventd.metrics import Metrics
 from eventd.sources.base import Batch
 from eventd.sources.kafka import KafkaSource
-from tests.builders import audit_event, falco_alert
-from tests.kafka_broker import KafkaBroker, free_port, unique_name
-from tests.tls_certs import make_tls_files
+from tests.support.builders import audit_event, falco_alert
+from tests.support.kafka_broker import KafkaBroker, free_port, unique_name
+from tests.support.tls_certs import make_tls_files
 
 #: Short group sessions: this broker holds a join for half of it.
 SESSION = 2.0

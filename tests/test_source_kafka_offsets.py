@@ -20,8 +20,8 @@ from eventd.config import KafkaSourceConfig
 from eventd.events.model import Event
 from eventd.metrics import Metrics
 from eventd.sources.kafka import BatchAbandoned, KafkaSource, OffsetTracker
-from tests.builders import audit_event
-from tests.http_inlet import RecordingInlet
+from tests.support.builders import audit_event
+from tests.support.http_inlet import RecordingInlet
 
 A0, A1, B0 = TopicPartition("a", 0), TopicPartition("a", 1), TopicPartition("b", 0)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from eventd.metrics import Metrics
 from eventd.sinks.spool import ACK_FILE, HEADER_SIZE, SEGMENT_SUFFIX, Spool, SpoolError
-from tests.fsync_log import SyncLog
+from tests.support.fsync_log import SyncLog
 
 NAME = "kafka"
 

@@ -15,7 +15,7 @@ from eventd.events.errors import DecodeError
 from eventd.events.model import K8S_AUDIT
 from eventd.events.redact import REDACTED
 from eventd.events.wrappers import WRAPPER_ANNOTATION, object_ref, unwrap
-from tests.builders import audit_event, pod
+from tests.support.builders import audit_event, pod
 
 AUDIT_LOG = "type.googleapis.com/google.cloud.audit.AuditLog"
 

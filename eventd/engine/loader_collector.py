@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from eventd.engine.errors import RuleError
-from eventd.engine.exceptions import ExceptionDef, append_exceptions, validate
 from eventd.engine.fields.base import FieldSet, Registry
 from eventd.engine.load_result import (
     ERROR_NO_PREVIOUS_LIST,
@@ -26,6 +25,7 @@ from eventd.engine.load_result import (
     Finding,
     WarningCode,
 )
+from eventd.engine.rule_exceptions import ExceptionDef, append_exceptions, validate
 from eventd.engine.yamlsrc import Where
 from eventd.priority import Priority
 

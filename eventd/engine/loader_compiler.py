@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from eventd.engine.ast import Check, FieldRef, Node, walk
 from eventd.engine.compiler import Note, compile_condition
 from eventd.engine.errors import RuleError
-from eventd.engine.exceptions import expand_condition
 from eventd.engine.lists import ListDef, resolve_lists, substitute_lists
 from eventd.engine.load_result import (
     WARNING_UNUSED_LIST,
@@ -35,6 +34,7 @@ from eventd.engine.loader_collector import Collector, RuleInfo
 from eventd.engine.macros import Expanded, expand_body, expand_macros
 from eventd.engine.output import OutputFormat, UnknownOutputField
 from eventd.engine.parser import parse_condition
+from eventd.engine.rule_exceptions import expand_condition
 from eventd.engine.ruleset import Rule
 from eventd.engine.yamlsrc import Where
 

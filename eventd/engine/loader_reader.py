@@ -17,7 +17,6 @@ from pathlib import Path
 
 from eventd.boundedfile import FileTooLarge, read_bounded
 from eventd.engine.errors import RuleError
-from eventd.engine.exceptions import read_exceptions
 from eventd.engine.lists import LIST_NAME
 from eventd.engine.load_result import (
     ERROR_OVERRIDE_APPEND,
@@ -29,6 +28,7 @@ from eventd.engine.load_result import (
     WarningCode,
 )
 from eventd.engine.loader_collector import Collector, ListInfo, MacroInfo, RuleInfo, RuleUpdate, validated
+from eventd.engine.rule_exceptions import read_exceptions
 from eventd.engine.source_inference import prepare_documents
 from eventd.engine.versions import Version, engine_problem, parse_engine_requirement, plugin_problem
 from eventd.engine.yamlsrc import (

@@ -45,6 +45,24 @@ def audit_events(obj: Any, origin: str = "file") -> tuple[list[Event], list[Deco
 
     Raises ``DecodeError`` when the top level is not audit data at all.
     """
+    events: list[Event] = []
+    errors: list[DecodeError] = []
+    for doc in audit_documents(obj):
+        try:
+            events.append(audit_event(doc, origin))
+        except DecodeError as err:
+            errors.append(err)
+    return events, errors
+
+
+def audit_documents(obj: Any) -> list[Any]:
+    """The would-be events of decoded JSON, each still to be checked.
+
+    For an ``EventList`` this is its ``items`` list itself, so a caller that
+    decoded the same body another way (the webhook's raw items) can pair the
+    two by position.  Raises ``DecodeError`` when the top level is not audit
+    data at all.
+    """
     if isinstance(obj, list):
         docs: list[Any] = []
         for item in obj:
@@ -54,26 +72,22 @@ def audit_events(obj: Any, origin: str = "file") -> tuple[list[Event], list[Deco
                 docs.append(item)
         if obj and not any(looks_like_audit(d) for d in docs):
             raise DecodeError("not_audit", NOT_AUDIT)
-    elif isinstance(obj, dict) and obj.get("kind") == "EventList":
+        return docs
+    if isinstance(obj, dict) and obj.get("kind") == "EventList":
         version = obj.get("apiVersion")
         if version is not None and version not in API_VERSIONS:
             raise DecodeError("api_version", f"unsupported audit apiVersion {str(version)[:64]!r}")
-        docs = _list_items(obj)
-    elif isinstance(obj, dict) and obj.get("kind") == "Event":
-        docs = [obj]
-    else:
-        raise DecodeError("not_audit", NOT_AUDIT)
-    events: list[Event] = []
-    errors: list[DecodeError] = []
-    for doc in docs:
-        try:
-            check_event(doc)
-        except DecodeError as err:
-            errors.append(err)
-            continue
-        redact_audit_event(doc)  # before anything else sees the event
-        events.append(Event(K8S_AUDIT, doc, origin))
-    return events, errors
+        return _list_items(obj)
+    if isinstance(obj, dict) and obj.get("kind") == "Event":
+        return [obj]
+    raise DecodeError("not_audit", NOT_AUDIT)
+
+
+def audit_event(doc: Any, origin: str) -> Event:
+    """``doc`` checked, redacted and wrapped; ``DecodeError`` if it is no usable event."""
+    check_event(doc)
+    redact_audit_event(doc)  # before anything else sees the event
+    return Event(K8S_AUDIT, doc, origin)
 
 
 def _list_items(obj: dict[str, Any]) -> list[Any]:

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventd.events.model import K8S_AUDIT, Event
 
@@ -111,10 +112,16 @@ def audit_key(event: Event) -> bytes | None:
     it has no auditID."""
     if event.source != K8S_AUDIT:
         return None
-    audit_id = event.doc.get("auditID")
+    return document_key(event.doc)
+
+
+def document_key(doc: dict[str, Any]) -> bytes | None:
+    """``audit_key`` of an audit event's document, wrapped in an ``Event``
+    or not (the webhook keys the items it never decodes into events too)."""
+    audit_id = doc.get("auditID")
     if not isinstance(audit_id, str):
         return None
-    stage = event.doc.get("stage")
+    stage = doc.get("stage")
     # Length-prefixed: with a bare separator, ("a", "b\0c") and ("a\0b", "c")
     # would be one identity, and one event could pass for another.
     identity = f"{len(audit_id)}:{audit_id}\x00{stage if isinstance(stage, str) else ''}"
@@ -143,16 +150,36 @@ class Fresh:
     duplicates: int = 0
     #: ``done`` of other batches in flight holding identities of this one.
     in_flight: set[asyncio.Future[None]] = field(default_factory=set)
+    #: New items that were never decoded into events (no rule or observer
+    #: needs them; see ``new_items``): accepted and claimed like the rest.
+    undecoded: int = 0
+
+    @property
+    def accepted(self) -> int:
+        """New events of the batch, decoded or not."""
+        return len(self.events) + self.undecoded
 
 
 def new_events(events: list[Event], recent: RecentKeys, *, wait: bool) -> Fresh:
     """Sort a batch that will be claimed.  With ``wait``, events claimed by a
     batch in flight are left out and that batch's ``done`` is reported, so the
     caller can wait for it and sort again; without, they count as new."""
+    return new_items([(audit_key(event), event) for event in events], recent, wait=wait)
+
+
+#: An item of a batch: its identity (None: it has none) and its event, or
+#: None for an item that is accepted but never decoded.
+Item = tuple[bytes | None, Event | None]
+
+
+def new_items(items: list[Item], recent: RecentKeys, *, wait: bool) -> Fresh:
+    """``new_events`` over items whose identities are already known, some of
+    them without an event: those are sorted and claimed exactly like the
+    rest (so a retry of them is a duplicate, and ``accepted`` and
+    ``duplicates`` count every item), only never processed."""
     fresh = Fresh()
     here: set[bytes] = set()
-    for event in events:
-        key = audit_key(event)
+    for key, event in items:
         if key is not None:
             if key in here or recent.known(key):
                 fresh.duplicates += 1
@@ -163,5 +190,8 @@ def new_events(events: list[Event], recent: RecentKeys, *, wait: bool) -> Fresh:
                 continue
             here.add(key)
             fresh.keys.append(key)
-        fresh.events.append(event)
+        if event is None:
+            fresh.undecoded += 1
+        else:
+            fresh.events.append(event)
     return fresh

@@ -199,6 +199,9 @@ class CredentialNames(dict[str, bool]):
     def __eq__(self, other: object) -> bool:  # a policy, not a mapping: compare patterns
         return isinstance(other, CredentialNames) and other.pattern == self.pattern
 
+    def __ne__(self, other: object) -> bool:  # dict's own __ne__ would compare the memo
+        return not self == other
+
     def __hash__(self) -> int:  # type: ignore[override]  # dict is unhashable; a policy is
         return hash(self.pattern)
 

@@ -32,12 +32,11 @@ from typing import Any
 from aiohttp import web
 
 from eventd.config import AuditWebhookConfig
-from eventd.events.audit import audit_events
-from eventd.events.dedup import RecentKeys, new_events
+from eventd.events.dedup import RecentKeys, new_items
 from eventd.events.errors import DecodeError
 from eventd.metrics import Metrics
 from eventd.sources import http_input
-from eventd.sources.base import Batch, Inlet
+from eventd.sources.base import Batch, Inlet, record_filter
 from eventd.sources.http_input import (
     HttpInput,
     Rejected,
@@ -46,6 +45,7 @@ from eventd.sources.http_input import (
     delivered,
     json_response,
 )
+from eventd.sources.webhook_items import Parsed, parse_body, webhook_items
 
 
 class AuditWebhookSource(HttpInput):
@@ -59,33 +59,49 @@ class AuditWebhookSource(HttpInput):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", self.config.path, self.post_json(self._accept))
 
+    def parse(self, body: bytes) -> Any:
+        """orjson's document, with the raw bytes of ``EventList`` items
+        (``webhook_items``: those no rule needs are never decoded)."""
+        return parse_body(body, super().parse(body))
+
     async def _accept(self, document: Any, inlet: Inlet) -> web.Response:
+        parsed = document if isinstance(document, Parsed) else Parsed(document, None)
+        # One rule set for the whole batch (see ``pipeline.RecordFilter``).
+        prefilter = None if parsed.raw_items is None else record_filter(inlet)
+        skippable = None if prefilter is None else prefilter.skippable
         try:
-            if _large(document):  # on a thread: the event loop keeps serving meanwhile
-                events, errors = await asyncio.to_thread(audit_events, document, origin="webhook")
+            if _large(parsed.document):  # on a thread: the event loop keeps serving meanwhile
+                items, errors = await asyncio.to_thread(webhook_items, parsed, skippable)
             else:
-                events, errors = audit_events(document, origin="webhook")
+                items, errors = webhook_items(parsed, skippable)
         except DecodeError as err:
             raise Rejected(400, err.reason, str(err)) from None
+        parsed.raw_items = None  # they hold the whole body: let it go now
         loop = asyncio.get_running_loop()
         budget = http_input.DELIVERY_TIMEOUT_SECONDS  # read now: tests shorten it
         deadline = loop.time() + budget / 2
-        fresh = new_events(events, self._recent, wait=True)
+        fresh = new_items(items, self._recent, wait=True)
         while fresh.in_flight and (left := deadline - loop.time()) > 0:
             # Copies of events another request is delivering: their fate decides.
             await asyncio.wait(fresh.in_flight, timeout=left)
-            fresh = new_events(events, self._recent, wait=True)
+            fresh = new_items(items, self._recent, wait=True)
         if fresh.in_flight:
-            fresh = new_events(events, self._recent, wait=False)
-        kept, keys, duplicates = fresh.events, fresh.keys, fresh.duplicates
+            fresh = new_items(items, self._recent, wait=False)
+        kept, keys, duplicates, accepted = fresh.events, fresh.keys, fresh.duplicates, fresh.accepted
+        # A batch whose new items were all skipped is offered too (empty): it
+        # is refused, claimed and answered exactly as if they were decoded.
         batch = Batch(kept, self.name, done=loop.create_future())
-        if kept and not inlet.offer(batch):
+        if prefilter is not None:
+            batch.prefiltered_with = prefilter.matcher
+        if accepted and not inlet.offer(batch):
             raise busy()
         # Counted only now: a refused batch comes again and would count twice.
         if duplicates:
             self._duplicates.inc(duplicates)
         count_rejected(inlet, self.name, errors)
-        if kept:
+        if accepted:
+            if prefilter is not None:
+                prefilter.skipped(self.name, fresh.undecoded)  # received, as the pipeline counts the rest
             assert batch.done is not None
             self._recent.claim(keys, batch.done)
             try:
@@ -93,7 +109,7 @@ class AuditWebhookSource(HttpInput):
             except Rejected:
                 self._recent.release(keys, batch.done)
                 raise
-        return json_response({"accepted": len(kept), "duplicates": duplicates, "rejected": len(errors)})
+        return json_response({"accepted": accepted, "duplicates": duplicates, "rejected": len(errors)})
 
 
 #: Batches with more events than this are decoded on a worker thread.

@@ -37,9 +37,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 from eventd.alerts import alert_uuid
 from eventd.events.model import K8S_AUDIT, Event
-from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess, StdoutMode, free_port
-from tests.kafka_broker import unique_name
+from tests.support.builders import audit_event, pod
+from tests.support.daemon_process import EventdProcess, StdoutMode, free_port
+from tests.support.kafka_broker import unique_name
 
 WEBHOOK = "k8s_audit_webhook"
 #: The one rule of ``RULES``: pod creates in ``ALERT_NS`` alert, those in ``QUIET_NS`` do not.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from tests.daemon_process import free_port
+from tests.support.daemon_process import free_port
 
 
 class BlackHole:

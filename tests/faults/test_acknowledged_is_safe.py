@@ -34,8 +34,6 @@ from eventd.config import AuditWebhookConfig, Listen
 from eventd.metrics import Metrics
 from eventd.sources import http_input
 from eventd.sources.audit_webhook import AuditWebhookSource
-from tests.builders import audit_event
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     Poster,
     assert_uuid_set,
@@ -47,9 +45,11 @@ from tests.faults.accounting import (
     write_rules,
 )
 from tests.faults.blackhole import BlackHole
-from tests.http_inlet import RecordingInlet
-from tests.kafka_broker import KafkaBroker, unique_name
-from tests.waiting import wait_until as wait_until_async
+from tests.support.builders import audit_event
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.http_inlet import RecordingInlet
+from tests.support.kafka_broker import KafkaBroker, unique_name
+from tests.support.waiting import wait_until as wait_until_async
 
 pytestmark = pytest.mark.timeout(240)
 

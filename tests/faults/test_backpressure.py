@@ -25,7 +25,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     Poster,
     assert_uuid_set,
@@ -41,7 +40,8 @@ from tests.faults.accounting import (
     write_rules,
 )
 from tests.faults.disks import FileSizeLimit, TmpfsDisk
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -28,7 +28,7 @@ from tests.faults.accounting import (
     start_webhook_to_kafka,
     wait_until,
 )
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 

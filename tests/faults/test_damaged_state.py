@@ -45,7 +45,7 @@ from eventd.sinks.spool import ACK_FILE, HEADER_SIZE, LOCK_FILE, SEGMENT_SUFFIX,
 from eventd.sources.audit_log import AuditLogSource
 from eventd.sources.base import Batch
 from eventd.sources.checkpoint import load_checkpoint
-from tests.builders import audit_event
+from tests.support.builders import audit_event
 
 SINK = "kafka"
 pytestmark = pytest.mark.timeout(300)

@@ -1,7 +1,7 @@
 """Falco restarts again and again under eventd's gRPC input: eventd reconnects
 every time, never exits, and every alert Falco queued reaches the sinks.
 
-The fake Falco (``tests/falco_grpc_server.py``) runs on a Unix socket in a
+The fake Falco (``tests/support/falco_grpc_server.py``) runs on a Unix socket in a
 thread of the test; eventd is a real process reading it with the
 ``falco_grpc`` source and writing the passed-through alerts to stdout.  Falco
 pops an alert from its queue when it sends it, so an alert in flight when
@@ -24,8 +24,6 @@ import pytest
 from eventd.alerts import alert_uuid
 from eventd.events.falco_grpc import response_event
 from eventd.proto import outputs_pb2
-from tests.daemon_process import EventdProcess
-from tests.falco_grpc_server import FakeFalco, make_response
 from tests.faults.accounting import (
     assert_source_accounting,
     assert_uuid_set,
@@ -34,6 +32,8 @@ from tests.faults.accounting import (
     wait_until,
     write_rules,
 )
+from tests.support.daemon_process import EventdProcess
+from tests.support.falco_grpc_server import FakeFalco, make_response
 
 pytestmark = pytest.mark.timeout(90)
 

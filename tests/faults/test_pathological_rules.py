@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import pod_create
+from tests.support.builders import pod_create
 
 try:  # Python 3.11 keeps the regex parser here; it is how we read a plan's structure
     from re import _parser as sre_parse  # type: ignore[attr-defined]

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     WEBHOOK,
     AuditBatch,
@@ -39,6 +38,7 @@ from tests.faults.accounting import (
     scrape,
     wait_until,
 )
+from tests.support.daemon_process import EventdProcess, free_port
 
 pytestmark = pytest.mark.timeout(90)
 

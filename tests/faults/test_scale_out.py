@@ -34,7 +34,6 @@ from confluent_kafka import Producer
 from eventd.config import KafkaSinkConfig
 from eventd.metrics import Metrics
 from eventd.sinks.spool import Spool
-from tests.daemon_process import EventdProcess
 from tests.faults.accounting import (
     ALERT_NS,
     QUIET_NS,
@@ -46,7 +45,8 @@ from tests.faults.accounting import (
     uuid_names,
     wait_until,
 )
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(300)
 

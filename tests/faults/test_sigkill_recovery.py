@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     ALERT_NS,
     INVALID_REASON,
@@ -51,7 +50,8 @@ from tests.faults.accounting import (
     wait_until,
     write_rules,
 )
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(150)
 

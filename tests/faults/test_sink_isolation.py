@@ -41,8 +41,6 @@ import pytest
 from confluent_kafka import Producer
 
 from eventd.sinks.alertmanager import MAX_BATCH as ALERTMANAGER_MAX_BATCH
-from tests.builders import audit_event
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import (
     ALERT_NS,
     QUIET_NS,
@@ -66,7 +64,9 @@ from tests.faults.accounting import (
     write_rules,
 )
 from tests.faults.blackhole import BlackHole
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.builders import audit_event
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import free_port
 from tests.faults.accounting import (
     RULE,
     Poster,
@@ -36,7 +35,8 @@ from tests.faults.accounting import (
     wait_until,
 )
 from tests.faults.tcp_proxy import ProxyThread
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import free_port
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import EventdProcess
 from tests.faults.accounting import (
     RULE,
     assert_uuid_set,
@@ -39,7 +38,8 @@ from tests.faults.accounting import (
     wait_until,
 )
 from tests.faults.disks import FileSizeLimit, TmpfsDisk
-from tests.kafka_broker import KafkaBroker, unique_name
+from tests.support.daemon_process import EventdProcess
+from tests.support.kafka_broker import KafkaBroker, unique_name
 
 pytestmark = pytest.mark.timeout(120)
 

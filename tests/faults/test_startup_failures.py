@@ -33,7 +33,7 @@ import yaml
 from eventd.config import ConfigError, load_config
 from eventd.daemon import Daemon
 from eventd.sinks.spool import LOCK_FILE
-from tests.daemon_process import free_port
+from tests.support.daemon_process import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

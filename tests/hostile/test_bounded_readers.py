@@ -32,7 +32,7 @@ import pytest
 
 from eventd.boundedfile import MAX_FILE_BYTES
 from eventd.config import AuditLogConfig
-from tests.builders import audit_event, pod
+from tests.support.builders import audit_event, pod
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "audit-sample.jsonl"

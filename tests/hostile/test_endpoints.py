@@ -38,8 +38,8 @@ from eventd.metrics import Metrics
 from eventd.sources import http_input
 from eventd.sources.audit_webhook import AuditWebhookSource
 from eventd.sources.base import Batch
-from tests.builders import audit_event, falco_alert, lease_renewal, pod
-from tests.daemon_process import EventdProcess, free_port
+from tests.support.builders import audit_event, falco_alert, lease_renewal, pod
+from tests.support.daemon_process import EventdProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ from eventd.metrics import Metrics
 from eventd.proto import outputs_pb2
 from eventd.sources.base import Batch
 from eventd.sources.falco_grpc import FalcoGrpcSource
-from tests.falco_grpc_server import FakeFalco, make_response
+from tests.support.falco_grpc_server import FakeFalco, make_response
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -36,11 +36,11 @@ from eventd.server import OpsServer
 from eventd.sources.audit_webhook import AuditWebhookSource
 from eventd.sources.falco_http import FalcoHttpSource
 from eventd.sources.http_input import HttpInput
-from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess, free_port
 from tests.hostile.test_endpoints import RecordingInlet, event_list
+from tests.support.builders import audit_event, pod
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.tls_certs import make_tls_files
 from tests.test_deploy_manifests import OPS_PORT, OVERLAYS, containers, overlay, policies_for, the_workload
-from tests.tls_certs import make_tls_files
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.builders import audit_event, pod
-from tests.daemon_process import EventdProcess, free_port
 from tests.faults.accounting import ALERT_NS, QUIET_NS, post, rss_bytes, write_rules
 from tests.faults.blackhole import BlackHole
+from tests.support.builders import audit_event, pod
+from tests.support.daemon_process import EventdProcess, free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -49,8 +49,8 @@ from eventd.images import (
     parse,
 )
 from eventd.rulepacks import builtin_rule_files
-from tests.builders import audit_event, falco_alert, lease_renewal, pod
 from tests.hostile import HANG_GUARD, at_most_steps, linear
+from tests.support.builders import audit_event, falco_alert, lease_renewal, pod
 from tests.test_wrappers import aks_record, gke_entry
 
 FUZZ = settings(

@@ -29,9 +29,9 @@ import orjson
 import pytest
 import yaml
 
-from tests.builders import falco_alert
-from tests.daemon_process import EventdProcess, free_port
-from tests.http_receiver import Answer, Receiver, serve
+from tests.support.builders import falco_alert
+from tests.support.daemon_process import EventdProcess, free_port
+from tests.support.http_receiver import Answer, Receiver, serve
 
 pytestmark = pytest.mark.timeout(180)
 

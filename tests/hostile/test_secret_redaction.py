@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 from eventd.events.decode import decode_document
 from eventd.events.redact import REDACTED
-from tests.builders import audit_event, falco_alert
-from tests.daemon_process import EventdProcess, free_port
+from tests.support.builders import audit_event, falco_alert
+from tests.support.daemon_process import EventdProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = (sys.executable, "-m", "eventd")

@@ -26,7 +26,7 @@ from eventd.alerts import Alert, alert_context
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.events.timestamps import ns_to_clock, rfc3339_to_ns
 from eventd.priority import Priority
-from tests.builders import pod_create
+from tests.support.builders import pod_create
 
 
 @dataclass(frozen=True)
