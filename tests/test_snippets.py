@@ -94,6 +94,13 @@ def test_suspicious_pull_check_skips_it_like_falco_and_warns() -> None:
     assert "EVD001" in done.stderr  # the lint findings, as warnings
 
 
+def test_rules_check_json_carries_the_same_lint_findings_as_lint_json() -> None:
+    for path in (PULL, CONSTRAINT):  # a file that loads, and one refused as rules
+        check = json.loads(eventd("rules", "check", "--format", "json", str(path)).stdout)
+        lint = json.loads(eventd("rules", "lint", "--format", "json", str(path)).stdout)
+        assert check["lint"] == lint["findings"] and lint["findings"], path
+
+
 def test_suspicious_pull_scan_detects_nothing(tmp_path: Path) -> None:
     assert scan(tmp_path, [UNTRUSTED_POD, MIXED_POD], "-r", str(PULL)) == []
 

@@ -52,6 +52,16 @@ def run_lint(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if worst(findings) == Severity.ERROR else EXIT_OK
 
 
+def findings_as_json(paths: list[str]) -> list[dict[str, object]]:
+    """The ``lint`` list of ``eventd rules check --format json``: the same
+    findings ``eventd rules lint --format json`` gives (none for unreadable
+    files, which the check itself reports)."""
+    try:
+        return [f.as_dict() for f in lint_paths(paths)]
+    except OSError:
+        return []
+
+
 def report_as_warnings(paths: list[str]) -> None:
     """What ``eventd rules check`` prints: every finding as a warning on stderr."""
     try:

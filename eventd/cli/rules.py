@@ -16,8 +16,8 @@ from eventd.cli.common import (
     load_ruleset,
     load_ruleset_or_report,
 )
+from eventd.cli.lint import findings_as_json, report_as_warnings
 from eventd.cli.lint import register as register_lint
-from eventd.cli.lint import report_as_warnings
 from eventd.engine.errors import RuleError
 from eventd.engine.load_result import ErrorCode, Finding
 
@@ -46,8 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     # `eventd rules lint`'s findings, as warnings after the load's own verdict
-    # (text output only: the JSON document is the load result alone); they
-    # never change the exit status.
+    # (in the JSON document: its `lint` list); they never change the exit status.
     status = _run_check(args)
     if args.format != "json":
         report_as_warnings(args.paths)
@@ -88,9 +87,10 @@ def _check_json(args: argparse.Namespace) -> int:
     """``--format json``: one document, also when the rules are refused, so
     that it can be compared with Falco's ``-V``/JSON load result item by item.
 
-    ``successful``, ``errors`` and ``warnings`` are lists of findings (code,
-    codedesc, file, line, item, key, text, severity); ``warning_lines`` keeps
-    the one-line form the text output prints.
+    ``errors`` and ``warnings`` are lists of load findings (code, codedesc,
+    file, line, item, key, text, severity); ``warning_lines`` keeps the
+    one-line form the text output prints; ``lint`` holds the findings of
+    ``eventd rules lint`` (code, name, severity, file, line, item, message, fix).
     """
     doc: dict[str, object]
     try:
@@ -104,7 +104,12 @@ def _check_json(args: argparse.Namespace) -> int:
         code = ErrorCode.__members__.get(err.code or "", ErrorCode.LOAD_ERR_VALIDATE)
         finding = Finding(code, err.message, err.file, err.line, err.item, err.key)
         error(f"rules refused: {err}")
-        doc = {"successful": False, "errors": [finding.as_json()], "warnings": []}
+        doc = {
+            "successful": False,
+            "errors": [finding.as_json()],
+            "warnings": [],
+            "lint": findings_as_json(args.paths),
+        }
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         return EXIT_USAGE
     except OSError as err:
@@ -132,6 +137,7 @@ def _check_json(args: argparse.Namespace) -> int:
         "errors": [],
         "warnings": [f.as_json() for f in ruleset.findings],
         "warning_lines": list(ruleset.warnings),
+        "lint": findings_as_json(args.paths),
     }
     sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     return EXIT_OK

@@ -17,6 +17,10 @@ out of order and more than once.  Hence:
   processed too (at-least-once; its alerts carry the same ``uuid``).
   Checking and offering happen without an ``await`` in between, so
   concurrent requests on the event loop cannot interleave there.
+* ``EventList`` items that no rule can match and no observer needs (most
+  of them: lease renewals, controller reads) are never decoded into
+  events (``webhook_items``), but they are checked, claimed, answered and
+  counted as received exactly like the rest.
 
 Beyond ``EventList`` a single ``Event`` or a JSON array of either is
 accepted (both API versions, ``audit.k8s.io/v1`` and ``v1beta1``).  Events
