@@ -12,9 +12,6 @@ the way a code-scanning upload would.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -23,8 +20,7 @@ import pytest
 
 from eventd.lint import lint_texts
 from eventd.lint.render import json_doc, sarif_doc, text
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.cli import run_eventd as run
 
 _MESSAGE = {
     "type": "object",
@@ -179,18 +175,6 @@ WARN_ONLY = textwrap.dedent(
       source: k8s_audit
     """
 )
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "eventd", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def test_sarif_validates_and_indexes_its_rules() -> None:

@@ -15,9 +15,6 @@ undefined macro refuses the file ("Undefined macro ... used in filter",
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,9 @@ import pytest
 
 from eventd.lint import lint_paths
 from tests.support.builders import audit_event, deployment, falco_alert, pod
+from tests.support.cli import REPO
+from tests.support.cli import run_eventd as eventd
 
-REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seed-snippets"
 GUIDE = REPO / "examples" / "guide"
 
@@ -39,18 +37,6 @@ IMAGE_SECURITY = SEEDS / "falco-image-security.yaml"
 TEMPLATE = SEEDS / "gatekeeper-allowedregistries-template.yaml"
 CONSTRAINT = SEEDS / "gatekeeper-allowedregistries-constraint.yaml"
 PROMETHEUS = SEEDS / "prometheus-image-security-metrics.yaml"
-
-
-def eventd(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "eventd", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def codes(path: Path) -> set[str]:

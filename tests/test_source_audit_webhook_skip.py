@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -24,17 +24,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventd.alerts import Alert
 from eventd.config import AuditWebhookConfig, Config, Listen
 from eventd.daemon import build_matcher
 from eventd.engine.fields.pullsecrets import STORE
 from eventd.engine.matcher import Matcher
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline, RecordFilter
-from eventd.sinks.base import Receipt, Sink
 from eventd.sources.audit_webhook import AuditWebhookSource
 from tests.support.builders import audit_event, lease_renewal, pod
 from tests.support.http_inlet import RecordingInlet
+from tests.test_pipeline_hooks import Recorder
 
 PATH = "/k8s-audit"
 JSON = {"Content-Type": "application/json"}
@@ -47,23 +46,6 @@ COUNTERS = (
     "eventd_alerts_total",
     "eventd_image_pulls_total",
 )
-
-
-class Collector(Sink):
-    """A durable sink keeping every alert (so a batch's ``done`` waits for it)."""
-
-    name = "collector"
-    durable = True  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    async def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    async def send_many(self, alerts: Sequence[Alert]) -> Receipt:
-        self.alerts.extend(alerts)
-        return None
 
 
 class Unfiltered(Pipeline):
@@ -119,7 +101,7 @@ def counters(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 async def run_bodies(bodies: list[bytes], *, skip: bool) -> tuple[list[Any], list[bytes], dict[Any, float]]:
     STORE.clear()  # the pull-secret store is the process's: both runs start empty
     metrics = Metrics()
-    sink = Collector()
+    sink = Recorder("collector", durable=True)  # durable: a batch's ``done`` waits for it
     pipeline = (Pipeline if skip else Unfiltered)(builtin_matcher(), [sink], metrics)
     answers: list[Any] = []
     async with webhook(pipeline, metrics) as url, aiohttp.ClientSession() as session:
