@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import structlog
 
 from eventd.alerts import Alert, build_alert, falco_passthrough_alert
+from eventd.engine.fields.pullsecrets import LEARNED_RESOURCES, may_learn
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
 from eventd.engine.index import Prefilter
 from eventd.engine.matcher import Matcher
@@ -258,19 +259,15 @@ class Pipeline:
 
 
 #: Resources whose events ``_match`` feeds to observers other than the rules.
-_OBSERVED = POD_RESOURCES | {"serviceaccounts", "secrets"}
-_WRITES = frozenset(("create", "update", "patch"))
+_OBSERVED = POD_RESOURCES | LEARNED_RESOURCES
 
 
 def _observed(resource: object, subresource: object, verb: object, stage: object) -> bool:
     """Whether an event with these routing values may teach the observers
     ``_match`` runs on every event, rules or not, so it must be decoded:
     ``image_metrics`` (``may_count``) and the image-pull-secret store
-    (``ka.target.pull_secret``: writes of pods, workloads, ServiceAccounts
-    and Secrets, object itself, ``ResponseComplete``)."""
-    if verb not in _WRITES or stage != "ResponseComplete":
-        return False
-    return not subresource or may_count(resource, subresource, verb, stage)
+    (``ka.target.pull_secret``, ``may_learn``)."""
+    return may_count(resource, subresource, verb, stage) or may_learn(resource, subresource, verb, stage)
 
 
 class RecordFilter:

@@ -42,6 +42,18 @@ ENTRY_OVERHEAD = 64
 
 _WRITES = frozenset({"create", "update", "patch"})
 _POD_RESOURCES = frozenset(BY_RESOURCE)
+#: The resources whose writes name image-pull Secrets (see ``_names``).
+LEARNED_RESOURCES = _POD_RESOURCES | {"serviceaccounts", "secrets"}
+
+
+def may_learn(resource: object, subresource: object, verb: object, stage: object) -> bool:
+    """Whether ``PullSecretStore.observe`` may learn from an event with these
+    routing values: a completed write of the object itself.  The daemon's
+    prefilter decodes every event for which this is true, and ``observe``
+    learns from none for which it is false."""
+    if resource not in LEARNED_RESOURCES or verb not in _WRITES or stage != "ResponseComplete":
+        return False
+    return not subresource
 
 
 class PullSecretStore:
@@ -113,18 +125,16 @@ class PullSecretStore:
         if event.source != K8S_AUDIT:
             return
         doc = event.doc
-        if not isinstance(doc, dict) or doc.get("verb") not in _WRITES:
+        ref = doc.get("objectRef") if isinstance(doc, dict) else None
+        if not isinstance(ref, dict):
             return
-        if doc.get("stage") != "ResponseComplete":
+        resource, namespace = ref.get("resource"), ref.get("namespace")
+        if not may_learn(resource, ref.get("subresource"), doc.get("verb"), doc.get("stage")):
             return
         status = doc.get("responseStatus")
         code = status.get("code") if isinstance(status, dict) else None
         if isinstance(code, int) and not 200 <= code < 300:
             return
-        ref = doc.get("objectRef")
-        if not isinstance(ref, dict) or ref.get("subresource"):
-            return
-        resource, namespace = ref.get("resource"), ref.get("namespace")
         if not isinstance(namespace, str):
             return
         for name in _names(event, doc, ref, resource):
