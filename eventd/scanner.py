@@ -97,7 +97,7 @@ def open_input(path: str) -> tuple[BinaryIO, BinaryIO]:
     raw = stdin if path == "-" else open(path, "rb")  # noqa: SIM115
     head = raw.peek(2)[:2]
     if head == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]  # read like a BufferedReader
     return raw, raw
 
 

@@ -3,9 +3,11 @@
 ``/healthz`` says the process is alive (the event loop answers): always
 ``200`` with ``{"status": "ok", "sinks": {...}, "sources": {...}}``, the
 detail coming from the optional ``health`` callable.  ``/readyz``
-says eventd is doing its job: rules loaded, every source accepting input,
-every sink healthy; Kubernetes stops sending webhook traffic to a replica
-that is not ready.  ``/metrics`` is the Prometheus text format.
+says eventd can take input and hand it off durably: rules loaded, every
+source accepting input, every *durable* sink accepting (best-effort sinks
+are left out: an Alertmanager outage must not empty the Service; their
+state is in ``/healthz``); Kubernetes stops sending webhook traffic to a
+replica that is not ready.  ``/metrics`` is the Prometheus text format.
 
 The listener is hardened like the HTTP inputs' (``eventd.httpserver``:
 connection cap, header and idle timeouts, counted and rate-limited

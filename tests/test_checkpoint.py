@@ -9,6 +9,7 @@ import threading
 
 import orjson
 import pytest
+import structlog.testing
 
 from eventd.sources.checkpoint import (
     Checkpoint,
@@ -282,3 +283,65 @@ def test_an_unreadable_checkpoint_reports_why(tmp_path):
     loaded = CheckpointStore(path).load()
     assert isinstance(loaded, Unusable) and loaded.reason == "unreadable"
     assert "directory" in loaded.error.lower()
+
+
+# ----------------------------------------------- what the operator is told
+
+
+def test_an_unusable_checkpoint_is_logged_with_its_name_reason_error_and_new_place(tmp_path):
+    """Issue 10: the tailer re-reads from the start after an unusable
+    checkpoint; the warning is how an operator learns why, and where the
+    damaged file went."""
+    path = tmp_path / "cp.json"
+    path.write_bytes(b"{not json")
+    with structlog.testing.capture_logs() as logs:
+        loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable)
+    assert logs == [
+        {
+            "event": "audit_log_checkpoint_unusable",
+            "log_level": "warning",
+            "checkpoint": str(path),
+            "reason": "invalid",
+            "error": loaded.error,
+            "moved_to": str(tmp_path / "cp.json.unusable"),
+        }
+    ]
+    assert str(path) in loaded.error
+
+
+def test_a_checkpoint_that_cannot_be_moved_aside_says_so_and_is_left_in_place(tmp_path):
+    """Ten names are tried (``.unusable``, ``.unusable.1`` ... ``.unusable.9``);
+    with a directory in the way of each, the file stays where it is and the
+    warning says it was not moved (``moved_to`` null, not the text "None")."""
+    path = tmp_path / "cp.json"
+    path.write_bytes(b"{not json")
+    for n in range(10):
+        blocker = tmp_path / ("cp.json.unusable" + (f".{n}" if n else ""))
+        blocker.mkdir()
+        (blocker / "keep").write_bytes(b"")
+    with structlog.testing.capture_logs() as logs:
+        loaded = CheckpointStore(path).load()
+    assert isinstance(loaded, Unusable) and loaded.moved_to is None
+    assert [(entry["event"], entry["moved_to"]) for entry in logs] == [
+        ("audit_log_checkpoint_unusable", None)
+    ]
+    assert path.read_bytes() == b"{not json"
+    assert not (tmp_path / "cp.json.unusable.10").exists()
+
+
+def test_a_directory_left_where_the_temporary_file_goes_is_moved_and_logged(tmp_path):
+    path = tmp_path / "cp.json"
+    write_checkpoint(path, make(100))
+    (tmp_path / "cp.json.tmp").mkdir()
+    with structlog.testing.capture_logs() as logs:
+        assert CheckpointStore(path).load() == make(100)
+    assert logs == [
+        {
+            "event": "audit_log_checkpoint_temp_moved",
+            "log_level": "warning",
+            "checkpoint": str(tmp_path / "cp.json.tmp"),
+            "moved_to": str(tmp_path / "cp.json.tmp.unusable"),
+        }
+    ]
+    assert (tmp_path / "cp.json.tmp.unusable").is_dir()

@@ -272,8 +272,13 @@ async def test_stop_fails_what_is_queued_and_counts_it() -> None:
     taken = await lane.submit(alerts(1, "t"))
     await wait_until(lambda: lane.health()["queued_alerts"] == 0)
     queued = await lane.submit(alerts(2, "q"))
-    assert await lane.stop() == 2
+    with structlog.testing.capture_logs() as logs:
+        assert await lane.stop() == 2
     assert metric(metrics, "eventd_sink_dropped_total", reason="shutdown") == 2
+    # What an operator reads about alerts a shutdown lost.
+    assert logs == [
+        {"event": "sink_undelivered_at_shutdown", "log_level": "error", "sink": "held", "alerts": 2}
+    ]
     for future in (taken, queued):
         with pytest.raises(LaneClosed, match="held closed"):
             await future
@@ -292,7 +297,7 @@ async def test_stop_fails_what_is_queued_and_counts_it() -> None:
 @pytest.mark.asyncio
 async def test_health_is_published_and_an_idle_unhealthy_sink_is_probed(monkeypatch) -> None:
     monkeypatch.setattr(lane_module, "HEALTH_INTERVAL", 0.01)
-    monkeypatch.setattr(lane_module, "PROBE_INTERVAL", 0.03)
+    monkeypatch.setattr(lane_module, "PROBE_EVERY", 3)
     metrics, sink = Metrics(), Held()
     lane = lane_for(sink, metrics)
     assert metric(metrics, "eventd_sink_up") == 1
@@ -311,7 +316,7 @@ async def test_health_is_published_and_an_idle_unhealthy_sink_is_probed(monkeypa
 @pytest.mark.asyncio
 async def test_a_busy_unhealthy_sink_is_not_probed(monkeypatch) -> None:
     monkeypatch.setattr(lane_module, "HEALTH_INTERVAL", 0.01)
-    monkeypatch.setattr(lane_module, "PROBE_INTERVAL", 0.02)
+    monkeypatch.setattr(lane_module, "PROBE_EVERY", 2)
     metrics, sink = Metrics(), Held()
     sink.open.clear()
     lane = lane_for(sink, metrics)
@@ -324,3 +329,46 @@ async def test_a_busy_unhealthy_sink_is_not_probed(monkeypatch) -> None:
     await lane.drain()
     await wait_until(lambda: sink.probes >= 1)
     await lane.stop()
+
+
+def test_an_idle_unhealthy_sink_is_probed_at_every_fifth_check() -> None:
+    """The schedule, counted in health checks (no clock): checks 5, 10, 15
+    probe; a healthy check publishes 1 and starts the count again."""
+    metrics, sink = Metrics(), Held()
+    lane = SinkLane(sink, metrics, BufferConfig())  # not started: the test makes the checks
+    sink.ok = False
+    due = [n for n in range(1, 16) if lane._health_check()]
+    assert due == [5, 10, 15]
+    assert metric(metrics, "eventd_sink_up") == 0
+    sink.ok = True
+    assert not lane._health_check() and metric(metrics, "eventd_sink_up") == 1
+    sink.ok = False
+    assert [n for n in range(1, 6) if lane._health_check()] == [4]  # the count went on while healthy
+
+
+def test_an_unhealthy_sink_with_alerts_to_send_is_not_probed() -> None:
+    metrics, sink = Metrics(), Held()
+    lane = SinkLane(sink, metrics, BufferConfig())
+    sink.ok = False
+    lane.offer(alerts(1))  # queued (the lane is not started): its delivery will tell
+    assert not any(lane._health_check() for _ in range(12))
+
+
+@pytest.mark.asyncio
+async def test_a_probe_that_never_answers_is_given_up(monkeypatch) -> None:
+    """A probe is bounded: one that hangs must not stop the health loop."""
+    monkeypatch.setattr(lane_module, "PROBE_TIMEOUT", 0.05)
+    metrics, sink = Metrics(), Held()
+
+    async def hangs() -> None:
+        sink.probes += 1
+        await asyncio.Event().wait()
+
+    sink.probe = hangs  # type: ignore[method-assign]
+    lane = SinkLane(sink, metrics, BufferConfig())
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(lane._probe(), 10)
+    assert sink.probes == 1
+    assert logs == [
+        {"event": "sink_probe_failed", "log_level": "debug", "sink": "held", "error_type": "TimeoutError"}
+    ]

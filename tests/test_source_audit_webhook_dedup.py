@@ -29,10 +29,12 @@ async def answer(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("first_succeeds", [True, False])
+# 1.6 s: the copy may wait 0.8 s, under a second, and must still wait.
+@pytest.mark.parametrize("budget", [10.0, 1.6])
 async def test_a_copy_waits_for_the_batch_in_flight_and_follows_its_outcome(
-    monkeypatch: pytest.MonkeyPatch, first_succeeds: bool
+    monkeypatch: pytest.MonkeyPatch, first_succeeds: bool, budget: float
 ) -> None:
-    monkeypatch.setattr(http_input, "DELIVERY_TIMEOUT_SECONDS", 10.0)
+    monkeypatch.setattr(http_input, "DELIVERY_TIMEOUT_SECONDS", budget)
     metrics, inlet = Metrics(), RecordingInlet()
     inlet.deliver = False  # the test resolves each batch
     shared, other = audit_event(auditID="shared"), audit_event(auditID="other")
@@ -143,3 +145,44 @@ async def test_a_large_batch_is_decoded_like_a_small_one(monkeypatch: pytest.Mon
     assert all(e.origin == "webhook" for b in inlet.batches for e in b.events)
     assert audit_webhook._large(events[:1] * (n)) and not audit_webhook._large(events[:1] * (n - 1))
     assert audit_webhook._large({"items": events}) and not audit_webhook._large({"items": events[:-1]})
+
+
+# ------------------------------------------------------ the answer's budget
+
+
+def test_copies_may_be_waited_for_during_the_first_half_of_the_budget() -> None:
+    budget = audit_webhook.AnswerBudget(start=100.0, seconds=20.0)
+    assert budget.waiting_left(100.0) == 10.0
+    assert budget.waiting_left(104.0) == 6.0
+    assert budget.waiting_left(110.0) == 0.0  # the loop stops: "> 0" is false
+    assert budget.waiting_left(113.0) == -3.0
+
+
+def test_delivery_gets_the_second_half_plus_what_waiting_left_unused() -> None:
+    budget = audit_webhook.AnswerBudget(start=100.0, seconds=20.0)
+    assert budget.delivery_timeout(100.0) == 20.0  # nothing waited for: the whole budget
+    assert budget.delivery_timeout(104.0) == 16.0
+    assert budget.delivery_timeout(110.0) == 10.0
+    assert budget.delivery_timeout(119.0) == 10.0  # late (a slow decode): still half of it
+
+
+@pytest.mark.asyncio
+async def test_delivery_is_given_what_is_left_of_the_answer_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request hands its batch to ``delivered`` with the budget's own
+    timeout (what waiting left of it), not ``delivered``'s default: the
+    answer must come within the budget the API server allows."""
+    monkeypatch.setattr(http_input, "DELIVERY_TIMEOUT_SECONDS", 30.0)
+    given: list[float | None] = []
+    real = audit_webhook.delivered
+
+    async def recording(batch: audit_webhook.Batch, timeout: float | None = None) -> None:
+        given.append(timeout)
+        await real(batch, timeout)
+
+    monkeypatch.setattr(audit_webhook, "delivered", recording)
+    metrics, inlet = Metrics(), RecordingInlet()
+    source = AuditWebhookSource(config(), metrics)
+    async with running(source, inlet) as url, aiohttp.ClientSession() as session:
+        assert (await answer(session, url, event_list(audit_event(auditID="timed"))))[0] == 200
+    assert len(given) == 1 and given[0] is not None
+    assert 15.0 <= given[0] <= 30.0  # the second half at least, never more than the whole

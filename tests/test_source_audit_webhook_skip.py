@@ -30,6 +30,7 @@ from eventd.engine.fields.pullsecrets import STORE
 from eventd.engine.matcher import Matcher
 from eventd.metrics import Metrics
 from eventd.pipeline import Pipeline, RecordFilter
+from eventd.sources import audit_webhook
 from eventd.sources.audit_webhook import AuditWebhookSource
 from tests.support.builders import audit_event, lease_renewal, pod
 from tests.support.http_inlet import RecordingInlet
@@ -202,13 +203,17 @@ class FilteringInlet(RecordingInlet):
 
 
 @pytest.mark.asyncio
-async def test_items_no_rule_needs_are_accepted_claimed_and_counted_but_not_decoded() -> None:
+# More leases than LARGE_BATCH_EVENTS: the batch is judged on a worker thread, and skips the same.
+@pytest.mark.parametrize("leases", [1, audit_webhook.LARGE_BATCH_EVENTS + 1])
+async def test_items_no_rule_needs_are_accepted_claimed_and_counted_but_not_decoded(leases: int) -> None:
     """Not vacuous: a lease renewal never reaches the pipeline as an event, yet
     it is accepted, counted as received, and its retry is a duplicate."""
     metrics = Metrics()
     inlet = FilteringInlet(metrics)
-    lease, create = lease_renewal(), audit_event(resource="pods", request=pod("evil.io/x:1"))
-    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [lease, create]})
+    create = audit_event(resource="pods", request=pod("evil.io/x:1"))
+    items = [lease_renewal(holder=f"holder-{i}") for i in range(leases)] + [create]
+    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+    n = len(items)
     source = AuditWebhookSource(config(), metrics)
     task = asyncio.create_task(source.run(inlet))
     for _ in range(1000):
@@ -220,9 +225,9 @@ async def test_items_no_rule_needs_are_accepted_claimed_and_counted_but_not_deco
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(url, data=body, headers=JSON) as first:
-                assert orjson.loads(await first.read()) == {"accepted": 2, "duplicates": 0, "rejected": 0}
+                assert orjson.loads(await first.read()) == {"accepted": n, "duplicates": 0, "rejected": 0}
             async with session.post(url, data=body, headers=JSON) as again:
-                assert orjson.loads(await again.read()) == {"accepted": 0, "duplicates": 2, "rejected": 0}
+                assert orjson.loads(await again.read()) == {"accepted": 0, "duplicates": n, "rejected": 0}
     finally:
         await source.stop()
         await asyncio.wait_for(task, 5)
@@ -231,4 +236,4 @@ async def test_items_no_rule_needs_are_accepted_claimed_and_counted_but_not_deco
     received = metrics.registry.get_sample_value(
         "eventd_events_received_total", {"source": "k8s_audit_webhook"}
     )
-    assert received == 1  # the skipped lease; the pod create is counted by the pipeline (none here)
+    assert received == leases  # the skipped leases; the pod create is counted by the pipeline (none here)

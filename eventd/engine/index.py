@@ -80,11 +80,12 @@ def satisfying_values(
         return None
     if isinstance(node, And | Or):
         parts = [satisfying_values(c, keep) for c in node.children]
-        if not parts or any(p is None for p in parts) or len({p[0] for p in parts}) != 1:  # type: ignore[index]
+        known = [p for p in parts if p is not None]
+        if not parts or len(known) != len(parts) or len({name for name, _ in known}) != 1:
             return None
-        sets = [p[1] for p in parts]  # type: ignore[index]
+        sets = [values for _, values in known]
         combined = frozenset.intersection(*sets) if isinstance(node, And) else frozenset.union(*sets)
-        return parts[0][0], combined  # type: ignore[index]
+        return known[0][0], combined
     return None
 
 
@@ -188,9 +189,10 @@ class RuleIndex:
         ``None`` when some rule can fire whatever its value."""
         position = [f.ref.name for f in self.fields[: self.memo_width]].index(name)
         sets = [allowed[position] for allowed in self._allowed]
-        if not sets or any(s is None for s in sets):
+        known = [s for s in sets if s is not None]
+        if not sets or len(known) != len(sets):
             return None
-        return frozenset().union(*sets)  # type: ignore[arg-type]
+        return frozenset().union(*known)
 
     def candidates(self, event: Event) -> list[Candidate]:
         values = tuple(get(event) for get in self._getters)
@@ -370,7 +372,7 @@ class Prefilter:
             if header.kind == "Event":
                 # Without an auditID every ka.* field is missing (as in Falco).
                 if header.auditID is unset:
-                    return audit is None or not select(missing_low, missing_high)  # type: ignore[misc]
+                    return select is None or not select(missing_low, missing_high)
                 return event_skippable(header)
             if is_falco_alert(header):
                 return falco_skippable

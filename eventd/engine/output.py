@@ -42,7 +42,7 @@ def value_text(value: Extracted) -> str:
         return "<NA>"
     if isinstance(value, tuple):
         try:  # list fields hold strings: join them in C
-            return "(" + ",".join(value) + ")"  # type: ignore[arg-type]
+            return "(" + ",".join(value) + ")"  # type: ignore[arg-type]  # non-strings: TypeError, below
         except TypeError:
             return "(" + ",".join(map(value_text, value)) + ")"
     if isinstance(value, bool):

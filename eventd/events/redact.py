@@ -331,7 +331,7 @@ class ResourceRedactor:
         if not isinstance(text, str):
             return False
         new = self._text(text)
-        annotations[LAST_APPLIED] = new  # type: ignore[index]
+        annotations[LAST_APPLIED] = new  # type: ignore[index]  # a dict: ``text`` is a str only then
         return new is not text
 
     def _text(self, text: str) -> str:

@@ -130,7 +130,7 @@ class FileSink(Sink):
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as err:
-            err.remaining = view  # type: ignore[attr-defined]
+            err.remaining = view  # type: ignore[attr-defined]  # read back with getattr by the caller
             self._close_file(False)  # the next attempt reopens: the path may be fixed by then
             raise
         return view

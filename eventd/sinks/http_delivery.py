@@ -49,6 +49,10 @@ UNHEALTHY_AFTER = 5
 #: Upper bound of one backoff or ``Retry-After`` wait: a receiver asking for an
 #: hour must not park a worker (and the queue behind it) for an hour.
 MAX_RETRY_DELAY = 120.0
+#: Bytes of a receiver's answer read at most.  Only its status matters; a
+#: receiver (or a proxy in front of it) answering with gigabytes must not
+#: grow the daemon, so past this the connection is closed, not drained.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 def client_ssl_context(tls: ClientTLS | None) -> ssl.SSLContext | None:
@@ -75,6 +79,19 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+async def discard_answer(resp: aiohttp.ClientResponse) -> None:
+    """Read and drop the answer's body, so a short one returns the connection
+    to the pool; one longer than ``MAX_ANSWER_BYTES`` closes it instead."""
+    left = MAX_ANSWER_BYTES
+    while left > 0:
+        chunk = await resp.content.read(left)
+        if not chunk:
+            return
+        left -= len(chunk)
+    if not resp.content.at_eof():
+        resp.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +238,7 @@ class HttpSink(Sink):
             async with self._client().post(
                 self.url, data=body, headers=self.headers(body), allow_redirects=False
             ) as resp:
-                await resp.read()  # return the connection to the pool
+                await discard_answer(resp)
                 status = resp.status
                 if status < 300:
                     return _Outcome(True)

@@ -47,8 +47,8 @@ log = structlog.get_logger(__name__)
 
 #: How often a lane publishes its sink's health.
 HEALTH_INTERVAL = 1.0
-#: How often an unhealthy, idle sink is probed.
-PROBE_INTERVAL = 5.0
+#: An unhealthy, idle sink is probed every this many health checks (5 s).
+PROBE_EVERY = 5
 #: One probe may take this long.
 PROBE_TIMEOUT = 5.0
 
@@ -85,6 +85,7 @@ class SinkLane:
         self._changed = Changed()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._checks_since_probe = 0
         self._m_dropped = metrics.sink_dropped
         self._m_depth = metrics.sink_queue_depth.labels(self.name)
         self._m_bytes = metrics.sink_queue_bytes.labels(self.name)
@@ -255,20 +256,33 @@ class SinkLane:
                 item.done.set_result(None)
 
     async def _watch_health(self) -> None:
-        since_probe = 0.0
         while True:
             await asyncio.sleep(HEALTH_INTERVAL)
-            healthy = self.sink.healthy()
-            self._m_up.set(1 if healthy else 0)
-            since_probe += HEALTH_INTERVAL
-            if healthy or self._queue or self._busy or since_probe < PROBE_INTERVAL:
-                continue
-            since_probe = 0.0
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT):
-                    await self.sink.probe()
-            except Exception as err:  # a probe that fails just leaves the sink down
-                log.debug("sink_probe_failed", sink=self.name, error_type=type(err).__name__)
+            if self._health_check():
+                await self._probe()
+
+    def _health_check(self) -> bool:
+        """Publish the sink's health; True when a probe is due now.
+
+        Counted in checks, not seconds, so the schedule is tested without a
+        clock: an unhealthy sink with nothing to send is probed at every
+        ``PROBE_EVERY``-th check (a busy one is judged by its deliveries).
+        """
+        healthy = self.sink.healthy()
+        self._m_up.set(1 if healthy else 0)
+        self._checks_since_probe += 1
+        if healthy or self._queue or self._busy or self._checks_since_probe < PROBE_EVERY:
+            return False
+        self._checks_since_probe = 0
+        return True
+
+    async def _probe(self) -> None:
+        """One probe, bounded by ``PROBE_TIMEOUT``; a failure leaves the sink down."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await self.sink.probe()
+        except Exception as err:
+            log.debug("sink_probe_failed", sink=self.name, error_type=type(err).__name__)
 
     # ---------------------------------------------------------------- helpers
 

@@ -31,6 +31,7 @@ data at all gets 400.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -68,8 +69,8 @@ class AuditWebhookSource(HttpInput):
         (``webhook_items``: those no rule needs are never decoded)."""
         return parse_body(body, super().parse(body))
 
-    async def _accept(self, document: Any, inlet: Inlet) -> web.Response:
-        parsed = document if isinstance(document, Parsed) else Parsed(document, None)
+    async def _accept(self, parsed: Parsed, inlet: Inlet) -> web.Response:
+        """``parsed`` is what ``parse`` made of the body."""
         # One rule set for the whole batch (see ``pipeline.RecordFilter``).
         prefilter = None if parsed.raw_items is None else record_filter(inlet)
         skippable = None if prefilter is None else prefilter.skippable
@@ -82,10 +83,9 @@ class AuditWebhookSource(HttpInput):
             raise Rejected(400, err.reason, str(err)) from None
         parsed.raw_items = None  # they hold the whole body: let it go now
         loop = asyncio.get_running_loop()
-        budget = http_input.DELIVERY_TIMEOUT_SECONDS  # read now: tests shorten it
-        deadline = loop.time() + budget / 2
+        budget = AnswerBudget(loop.time(), http_input.DELIVERY_TIMEOUT_SECONDS)  # read now: tests shorten it
         fresh = new_items(items, self._recent, wait=True)
-        while fresh.in_flight and (left := deadline - loop.time()) > 0:
+        while fresh.in_flight and (left := budget.waiting_left(loop.time())) > 0:
             # Copies of events another request is delivering: their fate decides.
             await asyncio.wait(fresh.in_flight, timeout=left)
             fresh = new_items(items, self._recent, wait=True)
@@ -109,11 +109,34 @@ class AuditWebhookSource(HttpInput):
             assert batch.done is not None
             self._recent.claim(keys, batch.done)
             try:
-                await delivered(batch, max(budget / 2, deadline + budget / 2 - loop.time()))
+                await delivered(batch, budget.delivery_timeout(loop.time()))
             except Rejected:
                 self._recent.release(keys, batch.done)
                 raise
         return json_response({"accepted": accepted, "duplicates": duplicates, "rejected": len(errors)})
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerBudget:
+    """How long one request may take before it is answered, split in two.
+
+    The API server gives up on a request after its own timeout, so the
+    answer must come within ``seconds``.  Waiting for copies in flight in
+    other requests may use the first half; delivery gets at least the second
+    half, plus whatever the wait left unused.  Kept apart from the request
+    handler so the arithmetic is tested on numbers, not on wall-clock time.
+    """
+
+    start: float
+    seconds: float
+
+    def waiting_left(self, now: float) -> float:
+        """Time still allowed, at ``now``, to wait for copies in flight (<= 0: stop)."""
+        return self.start + self.seconds / 2 - now
+
+    def delivery_timeout(self, now: float) -> float:
+        """Time given, at ``now``, to the delivery of this request's batch."""
+        return max(self.seconds / 2, self.start + self.seconds - now)
 
 
 #: Batches with more events than this are decoded on a worker thread.

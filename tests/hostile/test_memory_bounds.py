@@ -8,7 +8,12 @@ names, outputs.  Each table and queue eventd keeps is bounded in bytes:
 * Prometheus label values taken from events are cut to
   ``metrics.label_value_max_length`` characters (and capped in count);
 * a sink's dedup windows are capped by ``dedup.max_bytes``, its queue by
-  ``buffer.max_bytes``.
+  ``buffer.max_bytes``;
+* the HTTP inputs hold at most ``max_inflight_bytes`` of bodies at once, so
+  64 concurrent batches near ``max_body_bytes`` leave the daemon under the
+  README's 512 MB with every setting at its default;
+* an HTTP sink reads at most 64 KiB of a receiver's answer: a receiver
+  answering with a gigabyte does not grow the daemon.
 
 Each attack runs against a real daemon; its resident memory after the
 attack is compared with its memory before (both measured by the kernel).
@@ -19,8 +24,12 @@ their full size, and 480 KB rule names made ``/metrics`` 90 MiB.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -163,3 +172,146 @@ def test_huge_falco_rule_names_are_cut_in_metric_labels(tmp_path: Path) -> None:
         assert b"r" * 200 not in page
     finally:
         proc.kill()
+
+
+#: The RSS the README promises for the daemon with its defaults, whatever the input.
+STATED_RSS_BOUND = 512 * MiB
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """High-water mark of the resident set (``VmHWM``): reset by ``exec``, so
+    it is this daemon's own peak, however large the test process is."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_concurrent_large_batches_stay_under_the_stated_rss_with_the_defaults(tmp_path: Path) -> None:
+    """64 concurrent valid ~11.6 MiB batches (just under the default
+    ``max_body_bytes``) to a daemon with every memory setting at its default:
+    ``max_inflight_bytes`` (48 MiB) admits a few and answers the rest 503,
+    and the daemon's peak RSS stays under the README's 512 MB.  With the
+    bodies in flight unbounded the same attack peaked at 4.8 GB."""
+    port = free_port()
+    proc = EventdProcess(
+        tmp_path,
+        {
+            "rules": [str(write_rules(tmp_path))],
+            "sources": {"k8s_audit_webhook": {"listen": f"127.0.0.1:{port}"}},
+            "sinks": {"stdout": {}},
+        },
+    )
+    try:
+        proc.wait_ready()
+        docs: list[dict] = []
+        size = 0
+        while size < 12_150_000:  # ~11.6 MiB of ordinary pod creations
+            doc = audit_event(request=pod("nginx"), namespace=QUIET_NS, auditID=f"TTTT-{len(docs):012d}")
+            size += len(orjson.dumps(doc)) + 1
+            docs.append(doc)
+        template = event_list(docs)
+        # Distinct auditIDs per body (a few bodies, to keep the test process small).
+        bodies = [template.replace(b"TTTT", b"%04d" % i) for i in range(8)]
+        url = f"http://127.0.0.1:{port}/k8s-audit"
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(lambda i: post(url, bodies[i % 8], timeout=120)[0], range(64)))
+        peak = peak_rss_bytes(proc.proc.pid)
+        accepted = statuses.count(200)
+        refused = proc.metric(
+            "eventd_events_rejected_total", source="k8s_audit_webhook", reason="inflight_bytes"
+        )
+    finally:
+        proc.kill()
+    assert set(statuses) <= {200, 503, 0}, statuses  # 0: reset while still sending the body
+    assert accepted >= 1 and refused == 64 - accepted > 0, (statuses, refused)
+    assert peak < STATED_RSS_BOUND, f"peak RSS {peak / MiB:.0f} MiB"
+
+
+class HugeAnswers:
+    """A receiver that answers every request ``200`` with ``size`` bytes of
+    zeros, streamed (a hostile endpoint, or a broken proxy in front of one).
+    Raw sockets in threads: the answer is never held in memory here."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self._listener.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        chunk = bytes(1 << 20)
+        with conn, contextlib.suppress(OSError):
+            while True:  # one request after another on a kept-alive connection
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+                for _ in range(self.size // len(chunk)):
+                    conn.sendall(chunk)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_huge_answers_from_a_receiver_are_not_read_whole(tmp_path: Path) -> None:
+    """Three alerts to a webhook receiver answering each with 1 GiB: each is
+    delivered (the status is all that matters) and the daemon does not grow
+    with the answers.  Reading the answers whole made the daemon peak above
+    the size of one answer."""
+    receiver = HugeAnswers(1 << 30)
+    port = free_port()
+    proc = EventdProcess(
+        tmp_path,
+        {
+            "sources": {"falco_http": {"listen": f"127.0.0.1:{port}"}},
+            "sinks": {"webhook": {"url": receiver.url, "min_priority": "debug", "timeout_seconds": 30}},
+        },
+    )
+    try:
+        proc.wait_ready()
+        before = rss_bytes(proc.proc.pid)
+        for i in range(3):
+            alert = {
+                "time": "2026-12-05T00:00:00.000000000Z",
+                "rule": f"rule {i}",
+                "priority": "Warning",
+                "output": "x",
+                "source": "syscall",
+                "output_fields": {},
+            }
+            status, _ = post(f"http://127.0.0.1:{port}/", orjson.dumps(alert), timeout=30)
+            assert status == 200
+        proc.wait_for(
+            lambda: proc.metric("eventd_sink_deliveries_total", sink="webhook") >= 3,
+            timeout=60,
+            what="three deliveries",
+        )
+        grown = peak_rss_bytes(proc.proc.pid) - before
+    finally:
+        proc.kill()
+        receiver.close()
+    assert receiver.requests >= 3
+    assert grown < 128 * MiB, f"RSS peaked {grown / MiB:.0f} MiB above its start for 1 GiB answers"
