@@ -10,6 +10,7 @@ import pytest
 from eventd.engine.ast import Node
 from eventd.engine.errors import RuleError
 from eventd.engine.fields import default_registry
+from eventd.engine.load_result import WarningCode
 from eventd.engine.loader import load_rules_text
 from eventd.engine.parser import parse_condition
 from eventd.engine.rule_exceptions import ExceptionDef, expand_condition, read_exceptions, validate
@@ -275,6 +276,8 @@ def test_append_without_values_warns() -> None:
         ]
     )
     assert any("exception 'e': Overriding/appending exception with no values" in w for w in rs.warnings)
+    # falco rule_loader_reader.cpp: the warning's code is LOAD_APPEND_NO_VALUES
+    assert [f.code for f in rs.findings] == [WarningCode.LOAD_APPEND_NO_VALUES]
 
 
 @pytest.mark.parametrize("value", ["true", "0x1F", "1e3", "~x"])

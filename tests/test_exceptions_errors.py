@@ -86,3 +86,67 @@ def test_an_exception_added_by_an_append_checks_its_fields() -> None:
     )
     err = refusal(text)
     assert err.message == "'ka.nope' is not a supported filter field"
+
+
+# ------------------------------------------------- yaml-cpp's reading of odd entries
+#
+# Falco 0.43.0, userspace/engine/rule_loader_reader.cpp,
+# ``decode_exception_info_entry``: a node that is neither a scalar nor a
+# sequence (a null) leaves the entry empty (item "", not a list), and a
+# sequence's ``item`` is "" too.  rule_loader_collector.cpp then names a
+# nested field or comparison by that empty item ("'' is not a supported
+# ..."), and rule_loader_compiler.cpp's ``build_rule_exception_infos``
+# writes empty items into the condition, which then does not compile.
+
+NULL_IN_A_ROW = """\
+  exceptions:
+    - name: e
+      fields: [ka.user.name, ka.target.namespace]
+      comps: [=, in]
+      values:
+        - [alice, VALUE]
+"""
+
+
+def test_a_null_in_a_row_reads_as_empty_text_and_the_condition_does_not_compile() -> None:
+    row = NULL_IN_A_ROW.replace("comps: [=, in]", "comps: [=, =]")
+    err = refusal(HEAD + row.replace("VALUE", "~"))
+    assert "condition" in str(err) and "found ')'" in str(err)  # "ka.user.name = alice and ... = )"
+    # With text in its place, the same row loads: only the null's reading differs.
+    load_rules_text([("rules.yaml", HEAD + row.replace("VALUE", "dev"))])
+
+
+def test_a_null_inside_a_list_value_reads_as_empty_text() -> None:
+    err = refusal(HEAD + NULL_IN_A_ROW.replace("VALUE", "[dev, ~]"))
+    assert "condition" in str(err) and "found ')'" in str(err)  # "... in (dev, )"
+    load_rules_text([("rules.yaml", HEAD + NULL_IN_A_ROW.replace("VALUE", "[dev, prod]"))])
+
+
+@pytest.mark.parametrize(
+    ("fields", "comps", "message"),
+    [
+        ("[ka.user.name, [ka.verb]]", "[=, =]", "'' is not a supported filter field"),
+        ("[ka.user.name, ka.verb]", "[=, [in]]", "'' is not a supported comparison operator"),
+    ],
+)
+def test_a_nested_list_where_a_name_is_expected_is_named_as_empty_text(
+    fields: str, comps: str, message: str
+) -> None:
+    text = HEAD + (
+        "  exceptions:\n"
+        f"    - name: e\n      fields: {fields}\n      comps: {comps}\n"
+        "      values:\n        - [alice, create]\n"
+    )
+    assert refusal(text).message == message
+
+
+def test_a_nested_list_inside_a_list_value_is_empty_text_in_the_condition() -> None:
+    err = refusal(HEAD + NULL_IN_A_ROW.replace("VALUE", "[dev, [x]]"))
+    assert "condition" in str(err) and "found ')'" in str(err)  # "... in (dev, )"
+
+
+def test_a_null_value_of_a_single_field_reads_as_empty_text() -> None:
+    values = "  exceptions:\n    - name: e\n      fields: ka.user.name\n      values: [alice, VALUE]\n"
+    err = refusal(HEAD + values.replace("VALUE", "~"))
+    assert "condition" in str(err) and "found ')'" in str(err)  # "ka.user.name in (alice, )"
+    load_rules_text([("rules.yaml", HEAD + values.replace("VALUE", "bob"))])

@@ -148,6 +148,12 @@ def test_duplicate_exception_names_are_a_warning_and_both_apply() -> None:
     rs = load(rule("ka.verb in (create, delete)", extra=exc))
     (finding,) = [f for f in rs.findings if f.code is WarningCode.LOAD_EXCEPTION_NAME_NOT_UNIQUE]
     assert finding.text == "Multiple definitions of exception 'e' in the same rule"
+    assert (finding.file, finding.line, finding.item, finding.key) == (
+        "f0.yaml",
+        11,
+        "rule 'R'",
+        "exception 'e'",
+    )
     pred = rs.rules[0].predicate
     assert pred(audit(user="bob")) is True
     assert pred(audit(user="alice")) is False

@@ -291,6 +291,12 @@ def test_daemon_record_filter_keeps_pod_writes_no_rule_reads() -> None:
     assert record_filter.skippable(orjson.dumps(audit_event(verb="patch", subresource="status")))
     assert not record_filter.skippable(orjson.dumps(audit_event(resource="serviceaccounts", verb="update")))
     assert not _skippable(audit_event(resource="secrets", verb="get"))
+    # An ephemeral container added to a pod: the image counter counts it, the
+    # pull-secret store does not learn from a subresource; kept for the counter.
+    debug = audit_event(verb="patch", subresource="ephemeralcontainers", request=pod("busybox"))
+    assert not record_filter.skippable(orjson.dumps(debug))
+    # ...once its write is complete; a request still in flight counts nothing.
+    assert record_filter.skippable(orjson.dumps({**debug, "stage": "RequestReceived"}))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -311,3 +317,17 @@ def test_a_block_gives_each_line_its_own_verdict_with_kept_resources(items) -> N
         count, wanted = judged
         assert count == len(lines)
         assert wanted == [i for i, line in enumerate(lines) if not pre.skippable(line)]
+
+
+def test_no_record_filter_when_the_rules_read_a_field_no_header_carries(monkeypatch) -> None:
+    """Every indexable field is in the routing header today; should one ever
+    not be, the record filter is off (every record decoded), not wrong."""
+    from eventd.engine import index
+    from eventd.metrics import Metrics
+    from eventd.pipeline import RecordFilter
+
+    matcher = Matcher(_ruleset())
+    assert RecordFilter.build(matcher, Metrics()) is not None
+    without_verb = {k: v for k, v in index.HEADER_FIELDS.items() if k != "ka.verb"}
+    monkeypatch.setattr(index, "HEADER_FIELDS", without_verb)
+    assert RecordFilter.build(matcher, Metrics()) is None

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+import structlog.testing
 
 from eventd import pipeline as pipeline_module
 from eventd.alerts import Alert
@@ -152,6 +153,18 @@ async def test_a_prefiltered_batch_is_matched_with_the_rules_that_prefiltered_it
 @pytest.mark.asyncio
 async def test_failed_batches_without_a_done_or_already_abandoned_do_not_stop_the_pipeline() -> None:
     loop = asyncio.get_running_loop()
+    with structlog.testing.capture_logs() as logs:
+        await _three_failing_batches_then_a_quiet_one(loop)
+    # What an operator reads: one error per failed batch, with its traceback.
+    failed = [(e["event"], e["log_level"], e["source"], e["events"], e["exc_info"]) for e in logs]
+    assert failed == [
+        ("batch_failed", "error", "s", 1, True),
+        ("batch_failed", "error", "src", 1, True),
+        ("batch_failed", "error", "src", 1, True),
+    ]
+
+
+async def _three_failing_batches_then_a_quiet_one(loop: asyncio.AbstractEventLoop) -> None:
     async with running(Pipeline(matcher(), [Exploding("stdout", durable=False)], Metrics())) as pipeline:
         await pipeline.put(Batch(events("n", 1), "s"))  # nobody waits for it
         abandoned = batch("a", alerting=1)

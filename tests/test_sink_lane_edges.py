@@ -372,3 +372,12 @@ async def test_a_probe_that_never_answers_is_given_up(monkeypatch) -> None:
     assert logs == [
         {"event": "sink_probe_failed", "log_level": "debug", "sink": "held", "error_type": "TimeoutError"}
     ]
+
+
+def test_select_keeps_the_alerts_the_sinks_filters_accept_in_order() -> None:
+    metrics, sink = Metrics(), Held()
+    sink.accepts = lambda alert: alert.rule.startswith("k")  # type: ignore[method-assign]
+    lane = SinkLane(sink, metrics, BufferConfig())
+    offered = alerts(2, "k") + alerts(2, "d") + alerts(1, "k9")
+    assert [a.rule for a in lane.select(offered)] == [offered[0].rule, offered[1].rule, offered[4].rule]
+    assert lane.select(alerts(3, "d")) == []

@@ -33,6 +33,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -166,7 +167,8 @@ class KafkaSource(Source):
         self._running = True
         self._finished.clear()
         reconnects = self._metrics.source_reconnects.labels(self.name)
-        backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
+        #: The session retry backoff of this ``run`` (tests read its failures).
+        self._backoff = backoff = Backoff(BACKOFF_INITIAL, BACKOFF_MAX)
         try:
             while not self._stopping.is_set():
                 healthy = await self._session(inlet)
@@ -199,16 +201,7 @@ class KafkaSource(Source):
         logged and retried.
         """
         config = self.config
-        consumer = AIOKafkaConsumer(
-            **client_options(
-                config.bootstrap_servers, config.tls, config.sasl, key=self._key, metrics=self._metrics
-            ),
-            group_id=config.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=config.auto_offset_reset,
-            session_timeout_ms=self._session_ms,
-            heartbeat_interval_ms=max(100, min(3000, self._session_ms // 3)),
-        )
+        consumer = self._new_consumer()
         consumer.subscribe(list(config.topics), listener=_Rebalance(self, consumer))
         self._tracker.reset()
         self._generation += 1  # exactly-once: a fresh start after a failed transaction
@@ -231,15 +224,36 @@ class KafkaSource(Source):
             )
             return started
         finally:
-            if committer is not None:
-                committer.cancel()
-                await asyncio.gather(committer, return_exceptions=True)
-            if started and self._stopping.is_set() and not _being_cancelled():
-                await self._drain(consumer)
-            self._set_up(False)
-            self._assigned = frozenset()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT)
+            try:
+                if committer is not None:
+                    committer.cancel()
+                    await asyncio.gather(committer, return_exceptions=True)
+                if started and self._stopping.is_set() and not _being_cancelled():
+                    await self._drain(consumer)
+            finally:  # even when the daemon's grace ends the drain: leave the group, close
+                self._set_up(False)
+                self._assigned = frozenset()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), CLOSE_TIMEOUT)
+
+    def _consumer_options(self) -> dict[str, Any]:
+        """The consumer's settings: offsets are committed by the source alone,
+        never automatically (that could pass an undelivered message)."""
+        config = self.config
+        return {
+            **client_options(
+                config.bootstrap_servers, config.tls, config.sasl, key=self._key, metrics=self._metrics
+            ),
+            "group_id": config.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": config.auto_offset_reset,
+            "session_timeout_ms": self._session_ms,
+            "heartbeat_interval_ms": heartbeat_ms(self._session_ms),
+        }
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        """One session's consumer (the seam the in-process tests replace)."""
+        return AIOKafkaConsumer(**self._consumer_options())
 
     async def _start(self, consumer: AIOKafkaConsumer) -> bool:
         """Connect and join; False if ``stop`` came first (silent brokers can
@@ -361,7 +375,7 @@ class KafkaSource(Source):
         rebalance timeout, after which the group would move on without us)."""
         self._rebalancing = True
         if revoked:
-            budget = self._session_ms / 1000 / 2
+            budget = revoke_budget(self._session_ms)
             busy = self._tracker.inflight()
             if busy:
                 _, pending = await asyncio.wait(busy, timeout=budget)
@@ -409,18 +423,51 @@ class KafkaSource(Source):
         if not assigned or self._rebalancing:
             return
         newest = max(consumer.last_poll_timestamp(tp) or 0 for tp in assigned)
-        fresh = time.time() * 1000 - newest < self._session_ms
-        if fresh and not self._up:
+        up = brokers_up(
+            self._up,
+            poll_age_ms=time.time() * 1000 - newest,
+            fetching_ms=(time.monotonic() - self._polling_since) * 1000,
+            session_ms=self._session_ms,
+        )
+        if up and not self._up:
             self._metrics.source_reconnects.labels(self.name).inc()
             log.info("kafka_brokers_reachable_again")
             self._set_up(True)
-        elif not fresh and self._up and (time.monotonic() - self._polling_since) * 1000 > self._session_ms:
+        elif not up and self._up:
             log.warning("kafka_brokers_unreachable", group=self.config.group_id)
             self._set_up(False)
 
     def _set_up(self, up: bool) -> None:
         self._up = up
         self._metrics.source_up.labels(self.name).set(1 if up else 0)
+
+
+def heartbeat_ms(session_ms: int) -> int:
+    """The group heartbeat: a third of the session (the usual ratio, so two
+    lost heartbeats do not cost the partitions), within 0.1 to 3 s."""
+    return max(100, min(3000, session_ms // 3))
+
+
+def revoke_budget(session_ms: int) -> float:
+    """Seconds a revoke may spend finishing batches, and again committing:
+    half the session, so the group does not move on without this member."""
+    return session_ms / 1000 / 2
+
+
+def brokers_up(up: bool, *, poll_age_ms: float, fetching_ms: float, session_ms: int) -> bool:
+    """Whether ``source_up`` should say the brokers are reachable.
+
+    ``poll_age_ms``: since the newest fetch response of an owned partition;
+    ``fetching_ms``: since the source last waited on the pipeline (or was
+    assigned partitions).  Up again as soon as a fetch is fresh; down only
+    when none came back for a session timeout *and* the source has been
+    fetching for that long (a full pipeline stops fetches, not brokers).
+    """
+    if poll_age_ms < session_ms:
+        return True
+    if up and fetching_ms > session_ms:
+        return False
+    return up
 
 
 def _being_cancelled() -> bool:
