@@ -51,6 +51,12 @@ def observe(counter: ImagePullCounter, *docs: dict) -> None:
         counter.observe(Event(K8S_AUDIT, doc))
 
 
+def ephemeral_container_added(image: str) -> dict:
+    body = pod("myregistry.io/web:1")
+    body["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": image}]
+    return audit_event(verb="patch", subresource="ephemeralcontainers", code=200, request=body)
+
+
 def test_counts_pod_and_workload_creates_by_normalised_repository() -> None:
     metrics = Metrics()
     counter = ImagePullCounter(metrics, TRUSTED)
@@ -66,6 +72,9 @@ def test_counts_pod_and_workload_creates_by_normalised_repository() -> None:
         audit_event(request=pod("quay.io/x/y"), requestURI="/api/v1/namespaces/default/pods?dryRun=All"),
         audit_event(request=pod("quay.io/x/y"), stage="RequestReceived"),
         audit_event(request=pod("Upper/Case")),  # invalid reference
+        # A debug container added to a running pod is no pod creation (it is
+        # in eventd_image_pulls_total, not here).
+        ephemeral_container_added("evil.io/tools:1"),
     )
     assert pulls(metrics) == {
         "docker.io/library/nginx": 2.0,

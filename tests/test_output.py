@@ -248,3 +248,19 @@ def test_too_many_nested_transformers_are_refused_with_the_limit() -> None:
         OutputFormat.compile(fmt, FIELDS)
     ok = "%" + "tolower(" * 64 + "t.str" + ")" * 64
     assert OutputFormat.compile(ok, FIELDS).render(Event("test", {"s": "AB"}))[0] == "ab"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        # libsinsp 0.23.1 userspace/libsinsp/eventformatter.cpp, the whole texts.
+        ("ends with %", "invalid formatting syntax: formatting cannot end with a %"),
+        ("ends with %12", "invalid formatting syntax: formatting cannot end with a number"),
+        # The unclosed transformer is named from its own start, not the line's.
+        ("text before %toupper(t.str", "invalid formatting token 'toupper(t.str': missing ')'"),
+    ],
+)
+def test_format_errors_are_whole_messages(fmt: str, message: str) -> None:
+    with pytest.raises(RuleError) as info:
+        OutputFormat.compile(fmt, FIELDS)
+    assert info.value.message == message

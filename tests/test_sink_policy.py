@@ -17,7 +17,7 @@ from eventd.kafka_client import ConsumedOffsets
 from eventd.metrics import Metrics
 from eventd.priority import Priority
 from eventd.sinks.base import Sink
-from eventd.sinks.policy import PolicySink
+from eventd.sinks.policy import PolicySink, tick_interval
 from tests.support.http_receiver import T0, sample_alert
 from tests.support.waiting import wait_until
 
@@ -386,6 +386,7 @@ def test_the_wrapper_reports_what_the_inner_sink_is() -> None:
     config = SinkConfig(buffer=dataclasses.replace(SinkConfig().buffer, max_alerts=17))
     sink = PolicySink(inner, config, Metrics())
     assert (sink.name, sink.durable, sink.concurrency, sink.max_call) == ("rec", True, 3, 7)
+    assert sink.config_key == inner.config_key  # config errors name the inner sink's keys
     assert sink.transactional is inner.transactional
     assert sink.buffer.max_alerts == 17
 
@@ -501,3 +502,15 @@ async def test_a_failing_summary_is_logged_and_dedup_goes_on() -> None:
     failed = [e for e in logs if e["event"] == "dedup_summary_failed"]
     assert failed[0]["sink"] == "rec" and failed[0]["log_level"] == "error"
     assert inner.alerts[-1].context["repeat_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "interval"),
+    [(0.01, 0.01), (0.05, 0.01), (0.1, 0.01), (0.5, 0.05), (5.0, 0.5), (10.0, 1.0), (60.0, 1.0)],
+)
+def test_windows_are_checked_ten_times_per_window_between_10_ms_and_a_second(
+    window: float, interval: float
+) -> None:
+    """A window closes at most a tenth of its length late (at most 1 s), and
+    the ticker never spins faster than every 10 ms."""
+    assert tick_interval(window) == pytest.approx(interval)

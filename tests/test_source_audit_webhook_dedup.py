@@ -9,11 +9,13 @@ request's outcome: a duplicate if it succeeded (dropped), new if it failed
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import aiohttp
 import orjson
 import pytest
 
+from eventd.events.dedup import RecentKeys
 from eventd.metrics import Metrics
 from eventd.sources import audit_webhook, http_input
 from eventd.sources.audit_webhook import AuditWebhookSource
@@ -113,9 +115,10 @@ async def test_a_copy_stops_waiting_at_half_the_budget_and_counts_as_new(
 @pytest.mark.asyncio
 async def test_the_configured_window_and_cap_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
     # The webhook's table reads the clock given to RecentKeys, time.monotonic
-    # by default: made a number the test moves (the table itself is real).
+    # by default: made a number the test moves (the table itself is real;
+    # the source still passes it the configured window and cap).
     now = [1000.0]
-    monkeypatch.setattr(audit_webhook.RecentKeys.__init__, "__defaults__", (500_000, lambda: now[0]))
+    monkeypatch.setattr(audit_webhook, "RecentKeys", functools.partial(RecentKeys, clock=lambda: now[0]))
     metrics, inlet = Metrics(), RecordingInlet()
     events = [audit_event(auditID=f"e{i}") for i in range(3)]
     source = AuditWebhookSource(config(dedup_window_seconds=30, dedup_max_entries=2), metrics)

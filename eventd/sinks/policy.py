@@ -66,6 +66,12 @@ def dedup_key(parts: Sequence[Any]) -> bytes:
     return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
+def tick_interval(window_seconds: float) -> float:
+    """How often windows are checked for closing: a tenth of the window (a
+    summary is at most that late), between 10 ms and 1 s."""
+    return max(0.01, min(1.0, window_seconds / 10))
+
+
 @dataclass(slots=True)
 class _Window:
     first: Alert
@@ -238,7 +244,7 @@ class PolicySink(Sink):
 
     async def _tick(self) -> None:
         assert self._dedup is not None
-        interval = max(0.01, min(1.0, self._dedup.window_seconds / 10))
+        interval = tick_interval(self._dedup.window_seconds)
         while True:
             await asyncio.sleep(interval)
             try:
