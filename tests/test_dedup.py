@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventd.events.dedup import KEY_BYTES, RecentKeys, audit_key, drop_duplicates, new_events
+from eventd.events.dedup import KEY_BYTES, RecentKeys, audit_key, drop_duplicates, new_events, new_items
 from eventd.events.model import FALCO, K8S_AUDIT, Event
 
 
@@ -234,3 +234,19 @@ async def test_settled_claims_respect_the_cap() -> None:
     await asyncio.sleep(0)
     assert len(recent) == 2
     assert [recent.known(k) for k in keys] == [False, False, True, True]
+
+
+def test_items_without_an_event_are_sorted_like_the_rest_and_counted_undecoded() -> None:
+    """``new_items``: the webhook's skipped items (no event) are claimed and
+    answered like the others; ``undecoded`` counts the new ones, which the
+    webhook reports as received."""
+    recent = RecentKeys(60)
+    keys = [bytes([n]) * KEY_BYTES for n in range(4)]
+    events = [Event(K8S_AUDIT, {"auditID": "decoded"})]
+    items = [(keys[0], None), (keys[1], events[0]), (keys[2], None), (keys[2], None), (keys[3], None)]
+    assert not recent.seen(keys[3])  # recorded: seen before
+    fresh = new_items(items, recent, wait=True)
+    assert fresh.undecoded == 2  # keys 0 and 2; the copy of 2 and the known 3 are duplicates
+    assert fresh.events == events
+    assert fresh.keys == keys[:3]
+    assert fresh.duplicates == 2

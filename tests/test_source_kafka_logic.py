@@ -848,8 +848,8 @@ async def test_cancelled_run_skips_the_drain() -> None:
     assert source.sessions[0].commits == []
 
 
-@pytest.mark.asyncio
-async def test_a_stop_while_consuming_drains_but_a_cancel_does_not() -> None:
+async def draining() -> tuple[ScriptedSource, RecordingInlet, asyncio.Task[None]]:
+    """A session told to stop while its one batch is still being delivered."""
     source = ScriptedSource(
         config(drain_timeout_seconds=60), Metrics(), [ScriptedConsumer([fetch(A0, 0, 1)])]
     )
@@ -859,6 +859,12 @@ async def test_a_stop_while_consuming_drains_but_a_cancel_does_not() -> None:
     source._stopping.set()
     await asyncio.sleep(0.05)
     assert not task.done(), "stop waits for the in-flight batch"
+    return source, inlet, task
+
+
+@pytest.mark.asyncio
+async def test_a_stop_while_consuming_drains_but_a_cancel_does_not() -> None:
+    source, inlet, task = await draining()
     inlet.batches[0].done.set_result(None)
     await asyncio.wait_for(task, 5)
     assert source.sessions[0].commits == [{A0: 1}]
@@ -869,15 +875,7 @@ async def test_a_cancel_during_the_drain_still_closes_the_consumer() -> None:
     """The daemon's grace runs out while a stopping session waits for its
     in-flight batch: the drain is cut short, but the consumer must still
     leave the group and close its connections."""
-    source = ScriptedSource(
-        config(drain_timeout_seconds=60), Metrics(), [ScriptedConsumer([fetch(A0, 0, 1)])]
-    )
-    inlet = RecordingInlet("kafka")
-    task = asyncio.create_task(source.run(inlet))
-    await until(lambda: len(inlet.batches) == 1, task)
-    source._stopping.set()
-    await asyncio.sleep(0.05)
-    assert not task.done(), "the drain waits for the in-flight batch"
+    source, _, task = await draining()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)

@@ -131,7 +131,12 @@ class Router:
                 return None
             if priorities and _priority(doc) not in priorities:
                 return None
-            if tags and not tags.intersection(t for t in doc.get("tags") or () if isinstance(t, str)):
+            # A foreign record's "tags" may be anything: an error here would
+            # fail its batch on every retry and stop the spool behind it.
+            found = doc.get("tags")
+            if tags and not (
+                isinstance(found, list) and tags.intersection(t for t in found if isinstance(t, str))
+            ):
                 return None
             return topic
 
@@ -171,10 +176,11 @@ def _priority(doc: dict[str, Any]) -> Priority | None:
 
 def failure_reason(err: BaseException) -> str:
     """A short, fixed label for ``sink_failures{reason}``."""
-    if isinstance(err, KafkaConnectionError | OSError):
-        return "connection"
+    # Timeouts first: the built-in TimeoutError is an OSError.
     if isinstance(err, KafkaTimeoutError | RequestTimedOutError | TimeoutError):
         return "timeout"
+    if isinstance(err, KafkaConnectionError | OSError):
+        return "connection"
     if isinstance(err, ConfigError):
         return "config"
     if isinstance(err, KafkaError):
@@ -440,7 +446,6 @@ class KafkaSink(Sink):
         done (acknowledged by the broker, or dropped as too large), how many
         of those were delivered, and the first error."""
         futures: list[asyncio.Future[Any]] = []
-        too_large = 0
         error: BaseException | None = None
         try:
             producer = await self._connected()
@@ -450,7 +455,6 @@ class KafkaSink(Sink):
                     futures.append(await producer.send(topic, value=value, key=key, headers=headers))
                 except MessageSizeTooLargeError as err:
                     # Would fail on every retry and block the spool behind it.
-                    too_large += 1
                     self._too_large.inc()
                     log.error("kafka_alert_too_large", bytes=len(value), error=str(err))
                     futures.append(_skipped())

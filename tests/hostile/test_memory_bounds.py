@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -84,6 +85,18 @@ def send_all(url: str, bodies: Iterator[bytes]) -> None:
     for body in bodies:
         status, _ = post(url, body, timeout=60)
         assert status == 200, status
+
+
+def bare_falco_alert(rule: str) -> dict[str, Any]:
+    """A Falco alert with nothing but ``rule`` to it (no output fields)."""
+    return {
+        "time": "2026-12-05T00:00:00.000000000Z",
+        "rule": rule,
+        "priority": "Warning",
+        "output": "x",
+        "source": "syscall",
+        "output_fields": {},
+    }
 
 
 def test_huge_audit_ids_do_not_accumulate_in_the_dedup_table(
@@ -155,14 +168,7 @@ def test_huge_falco_rule_names_are_cut_in_metric_labels(tmp_path: Path) -> None:
     try:
         proc.wait_ready()
         for i in range(100):
-            alert = {
-                "time": "2026-12-05T00:00:00.000000000Z",
-                "rule": f"rule-{i:04d}-".ljust(480_000, "r"),
-                "priority": "Warning",
-                "output": "x",
-                "source": "syscall",
-                "output_fields": {},
-            }
+            alert = bare_falco_alert(f"rule-{i:04d}-".ljust(480_000, "r"))
             status, _ = post(f"http://127.0.0.1:{port}/", orjson.dumps(alert), timeout=30)
             assert status == 200
         with urllib.request.urlopen(proc.url("/metrics"), timeout=10) as resp:
@@ -294,14 +300,7 @@ def test_huge_answers_from_a_receiver_are_not_read_whole(tmp_path: Path) -> None
         proc.wait_ready()
         before = rss_bytes(proc.proc.pid)
         for i in range(3):
-            alert = {
-                "time": "2026-12-05T00:00:00.000000000Z",
-                "rule": f"rule {i}",
-                "priority": "Warning",
-                "output": "x",
-                "source": "syscall",
-                "output_fields": {},
-            }
+            alert = bare_falco_alert(f"rule {i}")
             status, _ = post(f"http://127.0.0.1:{port}/", orjson.dumps(alert), timeout=30)
             assert status == 200
         proc.wait_for(
