@@ -125,10 +125,15 @@ def test_a_full_spool_pauses_the_kafka_source_and_a_sigkill_then_loses_nothing(
     first = start(tmp_path / "first", spool, audit.bootstrap, topic, group, alerts.bootstrap, alert_topic)
     try:
         wait_until(lambda: alive(first), timeout=30, what="eventd answering", proc=first)
+        # Full: the spool holds alerts and the durable sink takes nothing more
+        # (``/readyz`` is also 503 before the group is joined: not enough alone).
         wait_until(
-            lambda: scrape(first).value("eventd_spool_bytes", sink="kafka") > SPOOL_MAX_BYTES / 2,
+            lambda: (
+                scrape(first).value("eventd_spool_bytes", sink="kafka") > SPOOL_MAX_BYTES / 2
+                and http_status(first.url("/readyz")) == 503
+            ),
             timeout=90,
-            what="the spool filling",
+            what="the spool full",
             proc=first,
         )
         # Paused: the count stands still for a while, well below the topic's events.
