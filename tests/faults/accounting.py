@@ -468,6 +468,30 @@ def wait_until(
         time.sleep(0.05)
 
 
+def wait_still(count: Callable[[], float], *, still_seconds: float, timeout: float, what: str) -> float:
+    """``count()`` once it has stood still for ``still_seconds``: an input
+    that stopped reading (its events counter no longer moves)."""
+    seen = count()
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(still_seconds)
+        now = count()
+        if now == seen:
+            return seen
+        assert time.monotonic() < deadline, f"{what} never stopped reading"
+        seen = now
+
+
+def assert_paused_by_a_full_spool(proc: EventdProcess, spool_max_bytes: int) -> None:
+    """What a full spool must look like under the default ``block`` policy:
+    within its bound, nothing dropped, not ready, still alive."""
+    snap = scrape(proc)
+    assert snap.value("eventd_spool_bytes", sink="kafka") <= spool_max_bytes
+    assert snap.by("eventd_sink_dropped_total", "reason") == {}, "a full spool must pause, not drop"
+    assert http_status(proc.url("/readyz")) == 503, "a durable sink that takes nothing is not ready"
+    assert http_status(proc.url("/healthz")) == 200
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:

@@ -18,7 +18,6 @@ or spooled, would lose alerts here.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from confluent_kafka import Producer
 from tests.faults.accounting import (
     ALERT_NS,
     QUIET_NS,
+    assert_paused_by_a_full_spool,
     assert_uuid_set,
     audit_doc,
     http_status,
@@ -36,6 +36,7 @@ from tests.faults.accounting import (
     report,
     scrape,
     uuid_names,
+    wait_still,
     wait_until,
     write_rules,
 )
@@ -137,21 +138,11 @@ def test_a_full_spool_pauses_the_kafka_source_and_a_sigkill_then_loses_nothing(
             proc=first,
         )
         # Paused: the count stands still for a while, well below the topic's events.
-        seen = consumed(first)
-        deadline = time.monotonic() + 60
-        while True:
-            time.sleep(STILL_SECONDS)
-            now = consumed(first)
-            if now == seen:
-                break
-            assert time.monotonic() < deadline, "the Kafka source never stopped consuming"
-            seen = now
+        seen = wait_still(
+            lambda: consumed(first), still_seconds=STILL_SECONDS, timeout=60, what="the Kafka source"
+        )
         assert 0 < seen < EVENTS / 2, f"the source read {seen} of {EVENTS} events past a full spool"
-        snap = scrape(first)
-        assert snap.value("eventd_spool_bytes", sink="kafka") <= SPOOL_MAX_BYTES
-        assert snap.by("eventd_sink_dropped_total", "reason") == {}, "a full spool must pause, not drop"
-        assert http_status(first.url("/readyz")) == 503, "a durable sink that takes nothing is not ready"
-        assert http_status(first.url("/healthz")) == 200
+        assert_paused_by_a_full_spool(first, SPOOL_MAX_BYTES)
         first.proc.kill()  # stuck, with alerts in the spool and in the queues, offsets uncommitted
         first.kill()
 

@@ -28,13 +28,14 @@ import pytest
 from tests.faults.accounting import (
     ALERT_NS,
     QUIET_NS,
+    assert_paused_by_a_full_spool,
     assert_uuid_set,
     audit_doc,
-    http_status,
     read_kafka_alerts,
     report,
     scrape,
     uuid_names,
+    wait_still,
     wait_until,
     write_rules,
 )
@@ -124,21 +125,11 @@ def test_a_full_spool_pauses_the_tailer_and_a_sigkill_then_loses_nothing(
             proc=first,
         )
         # Paused: the count stands still for a while, well below the log's lines.
-        seen = tailer_events(first)
-        deadline = time.monotonic() + 60
-        while True:
-            time.sleep(STILL_SECONDS)
-            now = tailer_events(first)
-            if now == seen:
-                break
-            assert time.monotonic() < deadline, "the tailer never stopped reading"
-            seen = now
+        seen = wait_still(
+            lambda: tailer_events(first), still_seconds=STILL_SECONDS, timeout=60, what="the tailer"
+        )
         assert 0 < seen < LINES / 2, f"the tailer read {seen} of {LINES} events past a full spool"
-        snap = scrape(first)
-        assert snap.value("eventd_spool_bytes", sink="kafka") <= SPOOL_MAX_BYTES
-        assert snap.by("eventd_sink_dropped_total", "reason") == {}, "a full spool must pause, not drop"
-        assert http_status(first.url("/readyz")) == 503, "a durable sink that takes nothing is not ready"
-        assert http_status(first.url("/healthz")) == 200
+        assert_paused_by_a_full_spool(first, SPOOL_MAX_BYTES)
         read_before_kill = seen
         first.proc.kill()  # stuck, with alerts in the spool and in the queues
         first.kill()
