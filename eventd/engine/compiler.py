@@ -368,6 +368,48 @@ def _regex_is_simple(v: str) -> bool:
     return True
 
 
+#: ``value_test``'s verdict on a value: ``None`` means the field is missing.
+ValueTest: TypeAlias = Callable[[Scalar | None], bool]
+
+
+def value_test(check: Check, fields: FieldSet) -> ValueTest | None:
+    """``check`` as a test of its field's value alone (``None``: missing), or
+    ``None`` when it cannot be one (a list field, a transformer, ``val(f)``).
+
+    The rule index runs these on values read off a line's routing header
+    (``engine.index``), before any decode, so they must be exactly what
+    ``compile_check`` runs on the decoded event: the same normalised
+    constant, the same predicate, and a missing value is false.
+    """
+    op = "=" if check.op == "==" else check.op
+    if op not in ALL_OPS or fields.lookup(check.field.name) is None:
+        return None
+    bound = fields.bind(check.field)
+    if not bound.plain or yields_list(bound) or field_type(bound) != "CHARBUF":
+        return None
+    if op == "exists":
+        return _present
+    rhs = check.value
+    if rhs is None or isinstance(rhs, FieldRef) or (op in LIST_OPS) != isinstance(rhs, tuple):
+        return None
+    try:
+        rhs = _normalise(bound, op, rhs)
+        pred = make_predicate(op, rhs) if rhs != () else None
+    except RuleError:
+        return None
+    if pred is None:
+        return _never  # `x in ()` matches nothing
+    return lambda value: value is not None and pred(value)
+
+
+def _present(value: Scalar | None) -> bool:
+    return value is not None
+
+
+def _never(_value: Scalar | None) -> bool:
+    return False
+
+
 def _scalar_check(get: ScalarGetter, pred: ScalarPredicate) -> Predicate:
     def check(ev: Event) -> bool:
         v = get(ev)

@@ -25,8 +25,8 @@ from typing import cast
 
 from msgspec import UNSET
 
-from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or
-from eventd.engine.compiler import compile_condition
+from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or, walk
+from eventd.engine.compiler import ValueTest, compile_condition, value_test
 from eventd.engine.fields.base import BoundField, FieldDef, FieldSet
 from eventd.engine.ruleset import Rule
 from eventd.events.header import (
@@ -109,6 +109,55 @@ def necessary_values(node: Node, keep: Callable[[FieldRef], bool]) -> Requiremen
     return {}
 
 
+def necessary_tests(
+    node: Node, keep: Callable[[FieldRef], bool], fields: FieldSet
+) -> dict[str, list[ValueTest]]:
+    """Tests that the values of fields accepted by ``keep`` must pass for
+    ``node`` to be true, beyond the value sets ``necessary_values`` finds.
+
+    Why: a set cannot say ``not ka.user.name startswith "system:"``, and
+    that is what keeps most Secret reads (service accounts, nodes) away from
+    the pull-secret rule.  A test is a check on one field (``value_test``),
+    or its negation: ``not (a or b)`` needs ``not a`` and ``not b``; an
+    ``or`` needs, per field every branch tests, one branch's tests to pass.
+    """
+    if isinstance(node, Check):
+        test = value_test(node, fields) if keep(node.field) else None
+        return {} if test is None else {node.field.name: [test]}
+    if isinstance(node, And):
+        return _all_of(necessary_tests(child, keep, fields) for child in node.children)
+    if isinstance(node, Or):
+        parts = [necessary_tests(child, keep, fields) for child in node.children]
+        common = set(parts[0]).intersection(*parts[1:]) if parts else set()
+        return {name: [_any_branch([p[name] for p in parts])] for name in common}
+    if isinstance(node, Not):
+        inner = node.child
+        if isinstance(inner, Not):
+            return necessary_tests(inner.child, keep, fields)
+        if isinstance(inner, Or):
+            return _all_of(necessary_tests(Not(child), keep, fields) for child in inner.children)
+        if isinstance(inner, Check) and keep(inner.field):
+            test = value_test(inner, fields)
+            return {} if test is None else {inner.field.name: [_negated(test)]}
+    return {}
+
+
+def _all_of(parts: Iterable[dict[str, list[ValueTest]]]) -> dict[str, list[ValueTest]]:
+    merged: dict[str, list[ValueTest]] = {}
+    for part in parts:
+        for name, tests in part.items():
+            merged.setdefault(name, []).extend(tests)
+    return merged
+
+
+def _any_branch(branches: list[list[ValueTest]]) -> ValueTest:
+    return lambda value: any(all(test(value) for test in tests) for tests in branches)
+
+
+def _negated(test: ValueTest) -> ValueTest:
+    return lambda value: not test(value)
+
+
 def _conjuncts(node: Node) -> list[Node]:
     if isinstance(node, And):
         return [c for child in node.children for c in _conjuncts(child)]
@@ -140,7 +189,11 @@ Candidate = tuple[Rule, Callable[[Event], bool]]
 #: A need on a field kept out of the memo key: (position in the field
 #: tuple, allowed values).
 _Check = tuple[int, frozenset[str | None]]
-_Entry = tuple[Rule, Callable[[Event], bool], tuple[_Check, ...]]
+#: A test a field kept out of the memo key must pass: (position, test).
+_Test = tuple[int, ValueTest]
+_Entry = tuple[Rule, Callable[[Event], bool], tuple[_Check, ...], tuple[_Test, ...]]
+#: A rule left to a bucket's per-event tests: (rule, residual predicate, tests).
+_Guarded = tuple[Rule, Callable[[Event], bool], tuple[_Test, ...]]
 
 #: Fields with many distinct values (object names, namespaces, users): a memo
 #: keyed on them would mostly miss, so they are checked per candidate with a
@@ -164,13 +217,29 @@ class RuleIndex:
             d = _static_def(fields, ref)
             return d is not None and d.indexable and not d.is_list
 
+        def high_cardinality(ref: FieldRef) -> bool:
+            return ref.name in HIGH_CARDINALITY and indexable(ref)
+
         reqs = [necessary_values(r.condition, indexable) for r in self.rules]
-        used = {name for r in reqs for name in r}
+        tests = [necessary_tests(r.condition, high_cardinality, fields) for r in self.rules]
+        used = {name for r in reqs for name in r} | {name for t in tests for name in t}
+        # Low-cardinality fields a condition merely mentions join the memo key
+        # too, for ``_verdict``: ``(pod or workload)`` constrains the
+        # subresource although no single value of it is necessary.
+        used |= {
+            node.field.name
+            for rule in self.rules
+            for node in walk(rule.condition)
+            if isinstance(node, Check) and node.field.name not in HIGH_CARDINALITY and indexable(node.field)
+        }
         low = sorted(used - HIGH_CARDINALITY)
         high = sorted(used & HIGH_CARDINALITY)
         #: Indexed fields: the memo's key fields, then the per-candidate ones.
         self.fields: tuple[BoundField, ...] = tuple(fields.bind(FieldRef(n)) for n in (*low, *high))
         self.memo_width = len(low)
+        self._memo_names = tuple(low)
+        self._fields_set = fields
+        self._value_tests: dict[Node, ValueTest | None] = {}
         # Cast: ``indexable`` fields are single-valued text (``FieldDef.indexable``).
         self._getters = tuple(cast("Callable[[Event], str | None]", f.get) for f in self.fields)
         self._allowed = [tuple(r.get(n) for n in low) for r in reqs]
@@ -179,8 +248,9 @@ class RuleIndex:
                 rule,
                 _residual_predicate(rule, req, indexable, fields),
                 tuple((i, req[n]) for i, n in enumerate(high) if n in req),
+                tuple((i, test) for i, n in enumerate(high) for test in test_map.get(n, ())),
             )
-            for rule, req in zip(self.rules, reqs, strict=True)
+            for rule, req, test_map in zip(self.rules, reqs, tests, strict=True)
         )
         self.memo: dict[tuple[object, ...], _Bucket] = {}
 
@@ -208,49 +278,93 @@ class RuleIndex:
         if found is None:
             if len(self.memo) >= _MEMO_LIMIT:
                 self.memo.clear()
+            known = dict(zip(self._memo_names, key, strict=True))
             found = self.memo[key] = _Bucket(
                 entry
                 for entry, allowed in zip(self._entries, self._allowed, strict=True)
                 if all(a is None or v in a for a, v in zip(allowed, key, strict=True))
+                and self._verdict(entry[0].condition, known) is not False
             )
         return found
+
+    def _verdict(self, node: Node, known: dict[str, str | None]) -> bool | None:
+        """``node`` evaluated on the memo key's values alone: ``False`` when it
+        cannot be true whatever the other fields hold, ``True`` when it must
+        be, ``None`` when that depends on them.
+
+        Why, beyond ``necessary_values``: a condition like ``(pod or
+        workload)`` needs "pods without a subresource, or a workload
+        resource", which no per-field value set says, so a kubelet's ``patch
+        pods/status`` would otherwise reach every rule written that way.  Run
+        once per new memo key and rule, so its cost does not matter.
+        """
+        if isinstance(node, Check):
+            if node.field.name not in known or node.field.arg is not None or node.field.transformers:
+                return None
+            if node not in self._value_tests:
+                self._value_tests[node] = value_test(node, self._fields_set)
+            test = self._value_tests[node]
+            return None if test is None else test(known[node.field.name])
+        if isinstance(node, Not):
+            inner = self._verdict(node.child, known)
+            return None if inner is None else not inner
+        if isinstance(node, And | Or):
+            decisive = isinstance(node, Or)  # the value that settles it: True for "or"
+            undecided = False
+            for child in node.children:
+                verdict = self._verdict(child, known)
+                if verdict is decisive:
+                    return decisive
+                undecided = undecided or verdict is None
+            return None if undecided else not decisive
+        return None
 
 
 class _Bucket:
     """The rules of one memo key, with needs on high-cardinality fields
     turned into dictionary lookups (namespace -> rules), so a thousand
-    per-team rules cost one lookup, not a thousand comparisons."""
+    per-team rules cost one lookup, not a thousand comparisons.  Rules
+    whose only needs there are tests (``necessary_tests``) are *guarded*:
+    their tests run per event."""
 
-    __slots__ = ("_keyed", "_plain")
+    __slots__ = ("_guarded", "_keyed", "_plain")
 
     def __init__(self, entries: Iterable[_Entry]) -> None:
         self._plain: list[Candidate] = []
-        self._keyed: dict[int, dict[str | None, list[_Entry]]] = {}
-        for rule, predicate, checks in entries:
+        self._keyed: dict[int, dict[str | None, list[_Guarded]]] = {}
+        self._guarded: list[_Guarded] = []
+        for rule, predicate, checks, tests in entries:
             if not checks:
-                self._plain.append((rule, predicate))
+                if tests:
+                    self._guarded.append((rule, predicate, tests))
+                else:
+                    self._plain.append((rule, predicate))
                 continue
             (position, allowed), rest = checks[0], checks[1:]
+            rest_tests = (*((i, values.__contains__) for i, values in rest), *tests)
             table = self._keyed.setdefault(position, {})
             for value in allowed:
-                table.setdefault(value, []).append((rule, predicate, rest))
+                table.setdefault(value, []).append((rule, predicate, rest_tests))
 
     def __bool__(self) -> bool:
-        return bool(self._plain or self._keyed)
+        return bool(self._plain or self._keyed or self._guarded)
 
     @property
     def needs_high(self) -> bool:
         """Whether the high-cardinality values decide if any rule is left."""
-        return not self._plain and bool(self._keyed)
+        return not self._plain and bool(self._keyed or self._guarded)
 
     def select(self, high: tuple[str | None, ...]) -> list[Candidate]:
-        if not self._keyed:
+        if not self._keyed and not self._guarded:
             return self._plain
         found = list(self._plain)
         for position, table in self._keyed.items():
-            for rule, predicate, rest in table.get(high[position], ()):
-                if all(high[i] in allowed for i, allowed in rest):
+            for rule, predicate, tests in table.get(high[position], ()):
+                if all(test(high[i]) for i, test in tests):
                     found.append((rule, predicate))
+        for rule, predicate, tests in self._guarded:
+            if all(test(high[i]) for i, test in tests):
+                found.append((rule, predicate))
         if len(found) > len(self._plain):
             found.sort(key=lambda c: c[0].order)  # load order decides first-match
         return found
