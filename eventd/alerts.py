@@ -16,10 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid as uuidlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from msgspec import Struct, field
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.fields import default_registry
@@ -34,8 +34,7 @@ _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
 _NAMESPACE_SHA1 = hashlib.sha1(_UUID_NAMESPACE.bytes, usedforsecurity=False)
 
 
-@dataclass(slots=True)
-class Alert:
+class Alert(Struct):
     time_ns: int
     rule: str
     priority: Priority
@@ -48,7 +47,7 @@ class Alert:
     context: dict[str, Any] = field(default_factory=dict)
     #: ``to_json``'s result, kept: every sink and lane (which bounds its queue
     #: in bytes) needs it, and an alert does not change once it is sent.
-    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _json: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

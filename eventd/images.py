@@ -14,8 +14,10 @@ hundred images, so per-event parsing is a dictionary lookup.
 """
 
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
+
+from msgspec import Struct
+from msgspec.structs import force_setattr
 
 DEFAULT_DOMAIN = "docker.io"
 _LEGACY_DOMAIN = "index.docker.io"
@@ -58,8 +60,7 @@ class ImageReferenceError(ValueError):
         super().__init__(f"invalid image reference {raw!r}: {detail or ERROR_MESSAGES[kind]}")
 
 
-@dataclass(frozen=True, slots=True)
-class ImageRef:
+class ImageRef(Struct, frozen=True):
     """One parsed image string.  Invalid references are kept (``valid=False``) as evidence.
 
     ``tag`` is only an explicit tag: the kubelet appends ``:latest`` textually, so an
@@ -75,16 +76,17 @@ class ImageRef:
     tag: str | None
     digest: str | None
     repository: str
-    _name: str | None = field(init=False, repr=False, compare=False)
-    _familiar: str | None = field(init=False, repr=False, compare=False)
+    #: Derived in ``__post_init__`` (whatever is passed is replaced).
+    _name: str | None = None
+    _familiar: str | None = None
 
     def __post_init__(self) -> None:
         # Precomputed once per distinct image (parse is cached), read per event.
         domain, path = self.domain, self.path
         valid = domain is not None and path is not None
-        object.__setattr__(self, "_name", f"{domain}/{path}" if valid else None)
+        force_setattr(self, "_name", f"{domain}/{path}" if valid else None)
         familiar = _familiarize(domain, path) if domain is not None and path is not None else None
-        object.__setattr__(self, "_familiar", familiar)
+        force_setattr(self, "_familiar", familiar)
 
     @property
     def registry(self) -> str | None:

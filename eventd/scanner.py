@@ -32,9 +32,10 @@ import io
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
+
+from msgspec import Struct, field
 
 from eventd.alerts import Alert, build_alert
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
@@ -69,8 +70,7 @@ class NotAuditData(Exception):
     """A whole input is neither audit events nor Falco alerts."""
 
 
-@dataclass(slots=True)
-class ScanStats:
+class ScanStats(Struct):
     files: int = 0
     lines: int = 0
     parsed: int = 0

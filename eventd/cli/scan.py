@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if ruleset is None:
         return EXIT_USAGE
-    tune_after_startup()
+    tune_after_startup(collect=False)
     rejects = _RejectReporter()
     scanner = Scanner(
         ruleset,

@@ -9,9 +9,9 @@ the condition text it was parsed from; it is excluded from equality.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field  # ``Check.field`` would shadow ``field``
-from typing import TypeAlias
+from typing import Any, TypeAlias
+
+from msgspec import Struct
 
 #: Operators that take no right-hand side.
 UNARY_OPS = frozenset({"exists"})
@@ -43,8 +43,7 @@ ALL_OPS = UNARY_OPS | LIST_OPS | VALUE_OPS
 TRANSFORMERS = frozenset({"tolower", "toupper", "b64", "basename", "len"})
 
 
-@dataclass(frozen=True, slots=True)
-class FieldRef:
+class FieldRef(Struct, frozen=True):
     """A field as written: ``name``, optional ``[arg]``, optional transformers.
 
     ``transformers`` lists the wrapping functions outermost first, so
@@ -64,26 +63,35 @@ class FieldRef:
         return base
 
 
-@dataclass(frozen=True, slots=True)
-class And:
+class _Node(Struct, frozen=True):
+    """Base of the condition nodes: equality and hashing ignore ``pos``."""
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__struct_fields__ if name != "pos")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Node) and type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key()))
+
+
+class And(_Node, frozen=True):
     children: tuple[Node, ...]
-    pos: int = dataclass_field(default=0, compare=False)
+    pos: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Or:
+class Or(_Node, frozen=True):
     children: tuple[Node, ...]
-    pos: int = dataclass_field(default=0, compare=False)
+    pos: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Not:
+class Not(_Node, frozen=True):
     child: Node
-    pos: int = dataclass_field(default=0, compare=False)
+    pos: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(_Node, frozen=True):
     """``field op value``.
 
     ``value`` is ``None`` for ``exists``; a tuple of strings for list
@@ -95,15 +103,14 @@ class Check:
     field: FieldRef
     op: str
     value: str | tuple[str, ...] | FieldRef | None = None
-    pos: int = dataclass_field(default=0, compare=False)
+    pos: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class MacroRef:
+class MacroRef(_Node, frozen=True):
     """A bare identifier in check position: a macro to be expanded."""
 
     name: str
-    pos: int = dataclass_field(default=0, compare=False)
+    pos: int = 0
 
 
 Node: TypeAlias = And | Or | Not | Check | MacroRef

@@ -32,8 +32,9 @@ Semantics (falco-rules-language.md §7 to §9):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeAlias, cast
+
+from msgspec import Struct
 
 from eventd.engine.ast import ALL_OPS, LIST_OPS, TRANSFORMERS, And, Check, FieldRef, MacroRef, Node, Not, Or
 from eventd.engine.errors import FieldError, RuleError
@@ -98,8 +99,7 @@ MAX_EVENT_PATTERN = 4096
 _RGX_SPECIAL = frozenset(".+*?^$()[]{}|\\")
 
 
-@dataclass(frozen=True, slots=True)
-class Note:
+class Note(Struct, frozen=True):
     """A warning found while compiling: Falco's code, text and the check's offset."""
 
     code: WarningCode
@@ -107,8 +107,7 @@ class Note:
     offset: int
 
 
-@dataclass(slots=True)
-class Options:
+class Options(Struct):
     """How strict to be and where to report notes (``None``: nowhere)."""
 
     strict: bool = False

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Final, TypeAlias
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 #: A character set as sorted, disjoint, inclusive code-point intervals.
 Chars: TypeAlias = tuple[tuple[int, int], ...]
@@ -77,8 +79,7 @@ def _fold(c: int) -> int:
 # -- bracket expressions ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
+class _Member(Struct, frozen=True):
     """One member of a bracket expression: a class, or a code range.
 
     ``fold_subject``: under ``iglob`` the tested character is case-folded
@@ -107,8 +108,7 @@ class _Member:
 _Read: TypeAlias = tuple[list[_Member], int, bool]
 
 
-@dataclass(slots=True)
-class _Bracket:
+class _Bracket(Struct):
     """A parsed bracket expression and where the pattern goes on after it."""
 
     negate: bool
@@ -355,8 +355,7 @@ def _class_text(chars: Chars) -> str:
     return f"[{body}]"
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
+class Piece(Struct, frozen=True):
     """Tokens between two stars: always exactly ``width`` characters long.
 
     ``source`` is a regular expression of that fixed width, without

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeAlias
+
+from msgspec import Struct
 
 from eventd.engine.errors import RuleError
 from eventd.engine.yamlsrc import Where
@@ -44,8 +45,7 @@ def quote_item(item: str) -> str:
     return item
 
 
-@dataclass(frozen=True, slots=True)
-class ListDef:
+class ListDef(Struct, frozen=True):
     """A list as collected: raw items, its position (``index``) and ``visibility``."""
 
     name: str

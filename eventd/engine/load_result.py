@@ -17,7 +17,8 @@ refusal.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 
 class ErrorCode(enum.Enum):
@@ -126,8 +127,7 @@ def regex_simpler(value: str) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(Struct, frozen=True):
     """One warning (or error) of a load, with Falco's code and where it is.
 
     ``str()`` is eventd's one-line form, ``file:line: item: key: text``,

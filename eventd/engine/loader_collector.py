@@ -10,8 +10,9 @@ Exceptions are validated here against the rule's source, as Falco's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TypeVar
+
+from msgspec import Struct, field
 
 from eventd.engine.errors import RuleError
 from eventd.engine.fields.base import FieldSet, Registry
@@ -43,8 +44,7 @@ def validated(err: RuleError) -> RuleError:
     return err
 
 
-@dataclass
-class ListInfo:
+class ListInfo(Struct):
     name: str
     items: list[str]
     where: Where
@@ -52,8 +52,7 @@ class ListInfo:
     visibility: int = 0
 
 
-@dataclass
-class MacroInfo:
+class MacroInfo(Struct):
     name: str
     cond: str
     where: Where
@@ -62,8 +61,7 @@ class MacroInfo:
     visibility: int = 0
 
 
-@dataclass
-class RuleInfo:
+class RuleInfo(Struct):
     name: str
     source: str
     cond: str
@@ -82,8 +80,7 @@ class RuleInfo:
     visibility: int = 0
 
 
-@dataclass
-class RuleUpdate:
+class RuleUpdate(Struct):
     """The keys an ``append``/``override`` item carries; ``None`` when absent."""
 
     cond: str | None = None
@@ -107,8 +104,7 @@ class RuleUpdate:
 _Info = TypeVar("_Info", ListInfo, MacroInfo, RuleInfo)
 
 
-@dataclass
-class Collector:
+class Collector(Struct):
     """Everything read so far, in one namespace (Falco's ``rule_loader::collector``)."""
 
     registry: Registry

@@ -17,7 +17,7 @@ undefined macro ``LOAD_ERR_VALIDATE``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from eventd.engine.ast import Check, FieldRef, Node, walk
 from eventd.engine.compiler import Note, compile_condition
@@ -77,8 +77,7 @@ def unsafe_na_check(tree: Node) -> bool:
     return False
 
 
-@dataclass
-class Compiled:
+class Compiled(Struct):
     rules: list[Rule]
     disabled: list[str]
     warnings: list[Finding]

@@ -17,7 +17,8 @@ one twice would otherwise expand to billions of nodes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from eventd.engine.ast import And, MacroRef, Node, Not, Or
 from eventd.engine.errors import RuleError
@@ -28,8 +29,7 @@ from eventd.engine.errors import RuleError
 MAX_EXPANDED_NODES = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Expanded:
+class Expanded(Struct, frozen=True):
     """A tree without macro references, and its size counted per use.
 
     A lookup returning one is inserted as it is (shared, not walked again),

@@ -9,8 +9,10 @@ with the rest of the condition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import TypeAlias
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from eventd.engine.ast import ALL_OPS, LIST_OPS
 from eventd.engine.errors import RuleError
@@ -26,8 +28,7 @@ Entry: TypeAlias = str | tuple["Entry", ...]
 _SCALAR_COMPS = ("in", "pmatch", "intersects")
 
 
-@dataclass(frozen=True, slots=True)
-class ExceptionDef:
+class ExceptionDef(Struct, frozen=True):
     """One exception of a rule.  ``fields``/``comps`` are ``None`` when absent."""
 
     name: str

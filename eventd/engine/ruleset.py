@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 from eventd.engine.ast import Node
 from eventd.engine.load_result import Finding
@@ -15,8 +16,7 @@ if TYPE_CHECKING:
     from eventd.engine.output import OutputFormat
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(Struct, frozen=True):
     """One enabled rule, ready to evaluate.
 
     ``condition`` is the final tree (exceptions added, lists substituted,
@@ -37,8 +37,7 @@ class Rule:
     line: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RuleSet:
+class RuleSet(Struct, frozen=True):
     """The enabled rules in load order, plus what ``eventd rules check`` reports."""
 
     rules: tuple[Rule, ...]
@@ -46,9 +45,9 @@ class RuleSet:
     lists: int = 0
     macros: int = 0
     disabled: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
     #: The same warnings with Falco's codes (``load_result.Finding``).
-    findings: tuple[Finding, ...] = field(default=())
+    findings: tuple[Finding, ...] = ()
 
 
 #: Falco's ``rule_matching`` settings: stop at the first matching rule (in

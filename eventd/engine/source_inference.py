@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from eventd.engine.ast import And, Check, FieldRef, MacroRef, Node, Not, Or, walk
 from eventd.engine.errors import RuleError
@@ -135,8 +136,7 @@ def is_rule_definition(item: Map) -> bool:
     return all(k in item for k in ("condition", "output", "desc", "priority"))
 
 
-@dataclass(frozen=True, slots=True)
-class Inference:
+class Inference(Struct, frozen=True):
     """A rule given a source by ``--infer-source``."""
 
     rule: str
@@ -162,8 +162,7 @@ def infer_sources(docs: Sequence[YamlNode]) -> list[Inference]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
+class Notice(Struct, frozen=True):
     """A warning for the load: a source inferred, or a field alias used."""
 
     kind: str  # INFERRED or ALIAS

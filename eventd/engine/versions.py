@@ -8,7 +8,8 @@ than half-running it, and so does eventd.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 #: Plugins eventd has built in (its own extractors stand in for them), with
 #: the version each claims.  Versions are generous on purpose: any 0.x
@@ -44,8 +45,7 @@ def _uint(digits: str) -> int | None:
     return value if value <= _UINT_MAX else None
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Version:
+class Version(Struct, frozen=True, order=True):
     major: int
     minor: int
     patch: int

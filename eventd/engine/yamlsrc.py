@@ -14,10 +14,10 @@ for the few shapes a rules file uses, raising located ``RuleError``\\ s.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeAlias
 
 import yaml
+from msgspec import Struct
 
 from eventd.engine.errors import RuleError
 from eventd.engine.load_result import Finding, WarningCode
@@ -41,8 +41,7 @@ _TRUE = {"y", "yes", "true", "on"}
 _FALSE = {"n", "no", "false", "off"}
 
 
-@dataclass(frozen=True, slots=True)
-class Scalar:
+class Scalar(Struct, frozen=True):
     """A scalar exactly as written (quotes removed); ``null`` for ``~``/empty."""
 
     text: str
@@ -50,14 +49,12 @@ class Scalar:
     null: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Seq:
+class Seq(Struct, frozen=True):
     items: tuple[Node, ...]
     line: int
 
 
-@dataclass(frozen=True, slots=True)
-class Map:
+class Map(Struct, frozen=True):
     """A mapping with string keys; the first of duplicate keys wins (yaml-cpp)."""
 
     entries: dict[str, tuple[int, Node]]
@@ -81,8 +78,7 @@ class Map:
 Node: TypeAlias = Scalar | Seq | Map
 
 
-@dataclass(frozen=True, slots=True)
-class Where:
+class Where(Struct, frozen=True):
     """Where an item lives, for error messages: file, line and item label."""
 
     file: str
@@ -162,8 +158,7 @@ def _line(event: yaml.Event) -> int:
     return 0 if mark is None else mark.line + 1
 
 
-@dataclass(slots=True)
-class _Open:
+class _Open(Struct):
     """A sequence (``entries`` is ``None``) or mapping still being built."""
 
     line: int

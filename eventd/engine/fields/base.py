@@ -24,8 +24,9 @@ import binascii
 import enum
 import posixpath
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeAlias, TypedDict
+
+from msgspec import Struct
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.errors import FieldError
@@ -45,8 +46,7 @@ class ArgKind(enum.Enum):
     KEY = "key"  # required ``[string]``
 
 
-@dataclass(frozen=True, slots=True)
-class FieldDef:
+class FieldDef(Struct, frozen=True):
     """A field a rule can read.
 
     ``indexable`` marks cheap single-valued string fields (verb, resource,
@@ -82,8 +82,7 @@ class FieldOptions(TypedDict, total=False):
     rhs_normalizer: Callable[[str], str] | None
 
 
-@dataclass(frozen=True, slots=True)
-class BoundField:
+class BoundField(Struct, frozen=True):
     """A field reference checked against its ``FieldDef``, ready to extract."""
 
     ref: FieldRef
