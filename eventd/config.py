@@ -35,6 +35,9 @@ from eventd.priority import Priority
 from eventd.redact_url import redact_urls_in
 
 ENV_PREFIX = "EVENTD_"
+#: ``EVENTD_*`` variables that are not settings: the file to read, and the
+#: command-line tools' parsed-rules cache (``engine.yamlcache``).
+NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "CACHE_DIR"})
 
 
 class ConfigError(ValueError):
@@ -538,7 +541,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Overlay ``EVENTD_A__B=value`` onto ``data['a']['b']`` (YAML scalar)."""
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(parts):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from eventd.engine import yamlcache
 from eventd.engine.errors import RuleError
 from eventd.engine.loader import load_rules
 from eventd.engine.ruleset import RuleSet
@@ -33,11 +34,12 @@ def load_ruleset(
     ``strict`` (``--falco-strict``) refuses eventd's extensions as Falco would.
     """
     files = list(paths) if paths else builtin_rule_files()
-    if infer_source or gatekeeper:
-        return load_with_options(
-            files, infer_source=infer_source, gatekeeper_constraints=gatekeeper, strict=strict
-        )
-    return load_rules(files, strict=strict)
+    with yamlcache.enabled():  # parsed rules files kept between runs: see yamlcache
+        if infer_source or gatekeeper:
+            return load_with_options(
+                files, infer_source=infer_source, gatekeeper_constraints=gatekeeper, strict=strict
+            )
+        return load_rules(files, strict=strict)
 
 
 def add_falco_strict(parser: argparse.ArgumentParser) -> None:

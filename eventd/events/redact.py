@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import yaml
 from msgspec import Struct, field
 
 if TYPE_CHECKING:
@@ -141,14 +140,22 @@ def check_pattern(text: str) -> None:
         raise ValueError(f"invalid regular expression: {err}") from None
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors and aliases: a few aliases can stand for billions
-    of nodes, which a walk (or a re-serialisation) would then visit."""
+@functools.cache
+def _yaml_loader() -> tuple[Any, type[Exception]]:
+    """``(load, YAMLError)``: YAML without anchors and aliases, built on first
+    use (PyYAML's import costs every command ~12 ms; only an apply patch
+    sent as YAML needs it).  Aliases are refused because a few of them can
+    stand for billions of nodes, which a walk (or a re-serialisation) would
+    then visit."""
+    import yaml
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("aliases are not accepted")
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases are not accepted")
+            return super().compose_node(parent, index)
+
+    return functools.partial(yaml.load, Loader=NoAliasLoader), yaml.YAMLError
 
 
 def parse_text(text: str) -> Any:
@@ -160,9 +167,10 @@ def parse_text(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
+    load, yaml_error = _yaml_loader()
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
-    except (yaml.YAMLError, RecursionError, ValueError, TypeError):
+        return load(text)  # a SafeLoader without aliases
+    except (yaml_error, RecursionError, ValueError, TypeError):
         return None
 
 
