@@ -39,6 +39,7 @@ from msgspec import Struct, field
 
 from eventd.alerts import Alert, build_alert
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
+from eventd.engine.index import Route
 from eventd.engine.matcher import Matcher
 from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_document
@@ -179,8 +180,9 @@ class Scanner:
                     first += self._scan_chunk(io.BytesIO(block).readlines(), first, name)
                 else:
                     misses = 0
-                    count, wanted = routed
-                    self._parse_kept(zip(wanted, _lines_at(block, wanted), strict=True), count, first, name)
+                    count, wanted, routes = routed
+                    kept = zip(wanted, _lines_at(block, wanted), routes, strict=True)
+                    self._parse_kept(kept, count, first, name)
                     first += count
             if progress is not None and raw is not None:
                 progress(raw.tell())
@@ -219,17 +221,20 @@ class Scanner:
         """Scan lines numbered from ``first``; return how many there were."""
         skippable = self.prefilter.skippable if self.prefilter is not None else None
         if skippable is None:
-            self._parse_kept(enumerate(chunk), len(chunk), first, name)
+            self._parse_kept(((i, line, None) for i, line in enumerate(chunk)), len(chunk), first, name)
         else:
             # A comprehension, not a loop of statements: this line runs once
             # per input line and most lines end here.
             wanted = [i for i, line in enumerate(chunk) if not skippable(line)]
-            self._parse_kept(((i, chunk[i]) for i in wanted), len(chunk), first, name)
+            self._parse_kept(((i, chunk[i], None) for i in wanted), len(chunk), first, name)
         return len(chunk)
 
-    def _parse_kept(self, kept: Iterable[tuple[int, bytes]], count: int, first: int, name: str) -> None:
-        """Parse the lines the prefilter kept, ``(index, line)`` in order, of
-        ``count`` lines numbered from ``first``.
+    def _parse_kept(
+        self, kept: Iterable[tuple[int, bytes, Route | None]], count: int, first: int, name: str
+    ) -> None:
+        """Parse the lines the prefilter kept, ``(index, line, route)`` in
+        order, of ``count`` lines numbered from ``first``; ``route`` is the
+        line's routing values when a block header gave them.
 
         The others were skipped: each decoded as an audit event or a Falco
         alert header, evidence that the input is audit data.  It is counted
@@ -240,18 +245,18 @@ class Scanner:
         stats.lines += count
         parsed = 0
         previous = -1
-        for i, line in kept:
+        for i, line, route in kept:
             self._good += i - previous - 1
             previous = i
             parsed += 1
             if not line or line.isspace():
                 stats.lines -= 1  # blank lines are not counted
                 continue
-            self._parse_line(line, first + i, name)
+            self._parse_line(line, first + i, name, route)
         self._good += count - previous - 1
         stats.skipped += count - parsed
 
-    def _parse_line(self, line: bytes, lineno: int, name: str) -> None:
+    def _parse_line(self, line: bytes, lineno: int, name: str, route: Route | None = None) -> None:
         stats = self.stats
         stats.parsed += 1
         try:
@@ -266,11 +271,15 @@ class Scanner:
         self._good += 1
         for error in errors:
             self._reject(name, lineno, error)
-        match = self.matcher.match
         for event in events:
             stats.events += 1
             learn_pull_secrets(event)  # ka.target.pull_secret (issue 13)
-            for rule in match(event):
+            # A block header's route describes the line's one native event.
+            if route is not None and len(events) == 1:
+                matched = self.matcher.match_routed(event, route)
+            else:
+                matched = self.matcher.match(event)
+            for rule in matched:
                 if rule.priority <= self.min_priority:
                     self._emit(build_alert(rule, event, self.hostname))
 

@@ -6,6 +6,7 @@ gives exactly the alerts of scanning every line with every rule.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from unittest.mock import patch
@@ -228,6 +229,13 @@ def _scan(lines: list[bytes], ruleset, prefilter: bool) -> list[bytes]:
     )
     if prefilter:
         scanner.scan_lines(lines, "test")
+        # And a block at a time (``select_block``, routes reused): the same.
+        by_block: list[bytes] = []
+        blocks = Scanner(
+            ruleset, on_alert=lambda a: by_block.append(a.to_json()), prefilter=True, rule_matching="all"
+        )
+        blocks.scan_file(io.BytesIO(b"".join(lines)), "test", block_size=2048)
+        assert by_block == out
         return out
     with patch.object(RuleIndex, "candidates", _every_rule):
         scanner.scan_lines(lines, "test")
@@ -383,8 +391,8 @@ def test_a_block_gives_each_line_its_own_verdict_with_kept_resources(items) -> N
         assert pre is not None
         judged = pre.select_block(b"".join(lines))
         assert judged is not None  # every line is one Event with an auditID
-        count, wanted = judged
-        assert count == len(lines)
+        count, wanted, routes = judged
+        assert count == len(lines) and len(routes) == len(wanted)
         assert wanted == [i for i, line in enumerate(lines) if not pre.skippable(line)]
 
 

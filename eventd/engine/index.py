@@ -186,6 +186,9 @@ def _always(_event: Event) -> bool:
 
 
 Candidate = tuple[Rule, Callable[[Event], bool]]
+#: An audit event's indexed field values read off its routing header: the
+#: memo key's, then the per-candidate ones (``RuleIndex.candidates_for``).
+Route = tuple[tuple[str | None, ...], tuple[str | None, ...]]
 #: A need on a field kept out of the memo key: (position in the field
 #: tuple, allowed values).
 _Check = tuple[int, frozenset[str | None]]
@@ -236,6 +239,8 @@ class RuleIndex:
         high = sorted(used & HIGH_CARDINALITY)
         #: Indexed fields: the memo's key fields, then the per-candidate ones.
         self.fields: tuple[BoundField, ...] = tuple(fields.bind(FieldRef(n)) for n in (*low, *high))
+        #: Their keys in an event's field cache (``Matcher.match_routed``).
+        self.tokens = tuple(f.ref.token for f in self.fields)
         self.memo_width = len(low)
         self._memo_names = tuple(low)
         self._fields_set = fields
@@ -534,11 +539,13 @@ class Prefilter:
 
         return event_skippable
 
-    def _make_select_block(self) -> Callable[[bytes], tuple[int, list[int]] | None]:
-        """``select_block(block)``: ``(lines, wanted)`` for a block of whole
-        lines, each ending with a newline: how many lines it holds and the
-        indices of those some rule may match.  ``None`` when the block cannot
-        be judged as a whole; then it goes line by line through ``skippable``.
+    def _make_select_block(self) -> Callable[[bytes], tuple[int, list[int], list[Route]] | None]:
+        """``select_block(block)``: ``(lines, wanted, routes)`` for a block of
+        whole lines, each ending with a newline: how many lines it holds, the
+        indices of those some rule may match, and for each of them its
+        ``Route`` (so that matching it does not read those fields again:
+        ``Matcher.match_routed``).  ``None`` when the block cannot be judged
+        as a whole; then it goes line by line through ``skippable``.
 
         Why: ``skippable`` costs a call into msgspec and a few Python steps per
         line, which is most of a scan's time.  Here the block becomes one JSON
@@ -562,7 +569,9 @@ class Prefilter:
         gate = None if audit is None else self._gate(audit, names[: audit.memo_width], self._keep_resources)
         keep = self._keep_resources
 
-        def select_block(block: bytes) -> tuple[int, list[int]] | None:
+        read_low, read_high = self._read_low, self._read_high
+
+        def select_block(block: bytes) -> tuple[int, list[int], list[Route]] | None:
             array = bytearray(b"[")
             array += block.replace(b"\n", b"\n,")
             array[-1] = 0x5D  # the comma after the last newline becomes "]"
@@ -573,13 +582,15 @@ class Prefilter:
             if not headers:  # one line of whitespace: "[ ]" is an empty array
                 return None
             if audit is None and not keep:  # no audit rules: no Event can match
-                return len(headers), []
+                return len(headers), [], []
             if gate is None:
                 candidates: list[int] | range = range(len(headers))
             else:
                 read_gate, admits = gate
                 candidates = list(compress(range(len(headers)), map(admits, map(read_gate, headers))))
-            return len(headers), [i for i in candidates if not event_skippable(headers[i])]
+            wanted = [i for i in candidates if not event_skippable(headers[i])]
+            routes = [(read_low(headers[i]), read_high(headers[i])) for i in wanted]
+            return len(headers), wanted, routes
 
         return select_block
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from eventd.engine.fields import default_registry
 from eventd.engine.fields.base import Registry
-from eventd.engine.index import Prefilter, RuleIndex
+from eventd.engine.index import Candidate, Prefilter, Route, RuleIndex
 from eventd.engine.ruleset import Rule, RuleSet, check_rule_matching
-from eventd.events.model import Event
+from eventd.events.model import K8S_AUDIT, Event
 
 if TYPE_CHECKING:  # structlog itself is imported lazily, see ``_log``
     from structlog.typing import FilteringBoundLogger
@@ -52,8 +52,27 @@ class Matcher:
         index = self.indexes.get(event.source)
         if index is None:
             return []
+        return self._evaluate(index.candidates(event), event)
+
+    def match_routed(self, event: Event, route: Route) -> list[Rule]:
+        """``match`` for an audit event whose indexed field values (``route``:
+        the memo key's, then the others') were read off its line's routing
+        header by ``Prefilter.select_block``.
+
+        They are exactly what the fields give (the prefilter's guarantee),
+        so they go into the event's field cache as they are: the index and
+        the rules do not extract them again.
+        """
+        index = self.indexes.get(K8S_AUDIT)
+        if index is None:
+            return []
+        low, high = route
+        event.cache.update(zip(index.tokens, (*low, *high), strict=True))
+        return self._evaluate(index.candidates_for(low, high), event)
+
+    def _evaluate(self, candidates: list[Candidate], event: Event) -> list[Rule]:
         matched: list[Rule] = []
-        for rule, predicate in index.candidates(event):
+        for rule, predicate in candidates:
             try:
                 hit = predicate(event)
             except Exception:  # a field extractor bug must not stop the stream
