@@ -34,8 +34,18 @@ import orjson
 TARGET_MS = 80.0
 
 
+def eventd_command() -> list[str]:
+    """The ``eventd`` script pip installed next to this Python, as users run
+    it; ``python -m eventd`` (which also imports ``runpy``, ~3 ms) when there
+    is none, e.g. from a bare checkout."""
+    script = Path(sys.executable).with_name("eventd")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "eventd"]
+
+
 def commands(empty: Path) -> dict[str, list[str]]:
-    eventd = [sys.executable, "-m", "eventd"]
+    eventd = eventd_command()
     return {
         "python -c pass": [sys.executable, "-c", "pass"],
         "eventd --version": [*eventd, "--version"],
@@ -56,8 +66,13 @@ def best_wall_ms(argv: list[str], env: dict[str, str], repeat: int) -> float:
 
 def import_times(argv: list[str], env: dict[str, str], top: int) -> list[tuple[str, float, float]]:
     """(module, self ms, cumulative ms) of the ``top`` slowest imports, by cumulative time."""
+    python_argv = argv[1:] if argv[0] == sys.executable else argv  # a script: run by this Python
     done = subprocess.run(
-        [argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-X", "importtime", *python_argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rows = []
     for line in done.stderr.splitlines():

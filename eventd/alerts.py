@@ -14,8 +14,8 @@ copies carry the same uuid and consumers can drop the duplicate.
 from __future__ import annotations
 
 import functools
-import hashlib
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,7 +31,15 @@ from eventd.images import parse as parse_image
 from eventd.priority import Priority
 
 _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
-_NAMESPACE_SHA1 = hashlib.sha1(_UUID_NAMESPACE.bytes, usedforsecurity=False)
+
+
+@functools.cache
+def _hashes() -> tuple[Any, Callable[[bytes], Any]]:
+    """(a SHA-1 already fed with the namespace, ``sha256``), made at the
+    first alert: hashlib's import (OpenSSL) costs every start ~3 ms."""
+    import hashlib
+
+    return hashlib.sha1(_UUID_NAMESPACE.bytes, usedforsecurity=False), hashlib.sha256
 
 
 class Alert(Struct):
@@ -83,7 +91,7 @@ def event_identity(event: Event) -> str:
         text = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # nested beyond orjson's limit: still a stable identity
         text = repr(doc).encode()
-    return f"{event.source}:{hashlib.sha256(text).hexdigest()}"
+    return f"{event.source}:{_hashes()[1](text).hexdigest()}"
 
 
 def alert_uuid(rule_name: str, event: Event) -> str:
@@ -92,7 +100,7 @@ def alert_uuid(rule_name: str, event: Event) -> str:
     The value ``uuid.uuid5`` gives, from a SHA-1 already fed with the
     namespace and formatted directly: this runs once per alert.
     """
-    sha = _NAMESPACE_SHA1.copy()
+    sha = _hashes()[0].copy()
     sha.update(f"{rule_name}\x00{event_identity(event)}".encode())
     raw = bytearray(sha.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5

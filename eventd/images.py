@@ -14,10 +14,8 @@ hundred images, so per-event parsing is a dictionary lookup.
 """
 
 import re
+from dataclasses import dataclass, field
 from functools import lru_cache
-
-from msgspec import Struct
-from msgspec.structs import force_setattr
 
 DEFAULT_DOMAIN = "docker.io"
 _LEGACY_DOMAIN = "index.docker.io"
@@ -60,7 +58,11 @@ class ImageReferenceError(ValueError):
         super().__init__(f"invalid image reference {raw!r}: {detail or ERROR_MESSAGES[kind]}")
 
 
-class ImageRef(Struct, frozen=True):
+# A dataclass, not a msgspec Struct like the rule engine's records: ``eventd
+# image`` needs nothing else of msgspec, whose import costs it ~10 ms, while
+# dataclasses is imported anyway (by orjson).
+@dataclass(frozen=True, slots=True)
+class ImageRef:
     """One parsed image string.  Invalid references are kept (``valid=False``) as evidence.
 
     ``tag`` is only an explicit tag: the kubelet appends ``:latest`` textually, so an
@@ -76,17 +78,16 @@ class ImageRef(Struct, frozen=True):
     tag: str | None
     digest: str | None
     repository: str
-    #: Derived in ``__post_init__`` (whatever is passed is replaced).
-    _name: str | None = None
-    _familiar: str | None = None
+    _name: str | None = field(init=False, repr=False, compare=False)
+    _familiar: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Precomputed once per distinct image (parse is cached), read per event.
         domain, path = self.domain, self.path
         valid = domain is not None and path is not None
-        force_setattr(self, "_name", f"{domain}/{path}" if valid else None)
+        object.__setattr__(self, "_name", f"{domain}/{path}" if valid else None)
         familiar = _familiarize(domain, path) if domain is not None and path is not None else None
-        force_setattr(self, "_familiar", familiar)
+        object.__setattr__(self, "_familiar", familiar)
 
     @property
     def registry(self) -> str | None:

@@ -21,7 +21,7 @@ import json, sys
 from eventd.cli import main
 code = main(sys.argv[1:])
 heavy = ("rich", "structlog", "aiohttp", "aiokafka", "grpc", "eventd.daemon", "eventd.engine", "asyncio",
-         "eventd.gatekeeper")
+         "eventd.gatekeeper", "eventd.lint", "yaml", "shutil", "hashlib")
 names = {m if not m.startswith("eventd.") else ".".join(m.split(".")[:2]) for m in sys.modules}
 print(json.dumps({"code": code, "loaded": sorted(n.split(".")[0] if not n.startswith("eventd.") else n
       for n in names if n.startswith(heavy))}), file=sys.stderr)
@@ -47,13 +47,18 @@ def test_image_loads_no_rule_engine() -> None:
 def test_scan_and_rules_check_load_no_daemon_rich_or_structlog(tmp_path: Path, argv: tuple[str, ...]) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    code, modules = loaded(*(str(empty) if a == "EMPTY" else a for a in argv))
+    args = [str(empty) if a == "EMPTY" else a for a in argv]
+    loaded(*args)  # fills the parsed-rules cache (EVENTD_CACHE_DIR, set by conftest)
+    code, modules = loaded(*args)
     assert code == 0
     assert "eventd.engine" in modules  # they do need the rules
     assert not modules & {"rich", "structlog", "aiohttp", "aiokafka", "grpc", "eventd.daemon", "asyncio"}
-    if argv[0] == "scan":  # (`rules check` runs the linter, which reads Constraint objects)
-        # Gatekeeper Constraint files are read only when given (issue 15: start-up).
-        assert "eventd.gatekeeper" not in modules
+    # Gatekeeper Constraint files are read only when given, and the linter
+    # only lints rule files given (the built-in packs: none).
+    assert not modules & {"eventd.gatekeeper", "eventd.lint"}
+    # With the parsed-rules cache warm (the first run filled it), no YAML
+    # parser; no shutil (argparse's help width) nor hashlib (the first alert's).
+    assert not modules & {"yaml", "shutil", "hashlib"}
 
 
 def test_version_and_help_load_no_sub_command() -> None:

@@ -4,7 +4,7 @@ Why: ``eventd scan`` and ``eventd rules check`` spent ~15 ms of every start
 importing PyYAML and parsing the rule packs, a sixth of their start-up, and
 the people who run them run them again and again (a pre-commit hook, a loop
 over log files).  Like Python's ``.pyc`` files, the tree ``yamlsrc`` builds
-from a text is kept in a per-user directory, named by the SHA-256 of the
+from a text is kept in a per-user directory, named by the BLAKE2b-256 hash of the
 text, and read back with msgspec against the node types, so a damaged,
 truncated or foreign file is a miss, never a wrong tree of the wrong shape.
 
@@ -23,13 +23,17 @@ truncated or foreign file is a miss, never a wrong tree of the wrong shape.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+try:  # CPython's built-in BLAKE2: hashlib's import (OpenSSL) costs every start ~3 ms
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
 
 if TYPE_CHECKING:
     from eventd.engine.yamlsrc import Node
@@ -58,7 +62,8 @@ class RulesCache:
             data = text.encode()
         except UnicodeEncodeError:  # a lone surrogate (only given in-process): never cached
             return None
-        return self.directory / f"rules-{FORMAT}-{hashlib.sha256(data).hexdigest()}.msgpack"
+        digest = blake2b(data, digest_size=32).hexdigest()
+        return self.directory / f"rules-{FORMAT}-{digest}.msgpack"
 
     def load(self, text: str) -> list[Node] | None:
         """The tree kept for ``text``, or ``None``."""

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from eventd import images
 from eventd.engine.fields.base import ArgKind, Extracted, Extractor, FieldDef, FieldOptions
@@ -260,6 +259,8 @@ def _uri_param(ev: Event, key: str) -> str | None:
     if type(uri) is not str:
         return None
     query = uri.partition("#")[0].partition("?")[2]
+    from urllib.parse import parse_qs  # here: its import (with ipaddress) costs every start ~3 ms
+
     values = parse_qs(query, keep_blank_values=True).get(key)
     return values[0] if values else None
 
