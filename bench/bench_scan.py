@@ -167,6 +167,9 @@ def command_env(workdir: Path) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    # The parsed-rules cache too (``eventd.engine.yamlcache``): here, not in
+    # the home directory, and warm after the first run as a user's would be.
+    env["EVENTD_CACHE_DIR"] = str(workdir / "rules-cache")
     return env
 
 

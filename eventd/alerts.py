@@ -57,6 +57,11 @@ class Alert(Struct):
     #: in bytes) needs it, and an alert does not change once it is sent.
     _json: bytes | None = None
 
+    def __post_init__(self) -> None:
+        # The cached JSON belongs to the values it was made from: a copy
+        # (``msgspec.structs.replace``, which runs this too) starts without it.
+        self._json = None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "uuid": self.uuid,

@@ -223,3 +223,18 @@ def test_alert_uuid_is_uuid5_of_rule_and_event(rule: str, audit_id: str, stage: 
     event = Event(K8S_AUDIT, {"auditID": audit_id, "stage": stage})
     name = f"{rule}\x00audit:{audit_id}:{stage}"
     assert alert_uuid(rule, event) == str(uuid.uuid5(alerts_module._UUID_NAMESPACE, name))
+
+
+def test_a_copy_with_a_field_changed_serialises_its_own_values() -> None:
+    """``Alert`` keeps its JSON once made; a copy made with
+    ``msgspec.structs.replace`` must not inherit the original's."""
+    import msgspec
+    import orjson
+
+    from tests.support.http_receiver import sample_alert
+
+    original = sample_alert()
+    assert orjson.loads(original.to_json())["uuid"] == original.uuid
+    copy = msgspec.structs.replace(original, uuid="00000000-0000-5000-8000-000000000000")
+    assert orjson.loads(copy.to_json())["uuid"] == "00000000-0000-5000-8000-000000000000"
+    assert orjson.loads(original.to_json())["uuid"] == original.uuid

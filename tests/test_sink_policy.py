@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections import Counter
 
+import msgspec
 import pytest
 import structlog.testing
 from hypothesis import given, settings
@@ -159,14 +160,14 @@ async def test_summary_uuid_is_deterministic() -> None:
         sink, inner, _, clock = policy(DEDUP)
         clock.now = start
         for _ in range(3):
-            await sink.send(dataclasses.replace(original))
+            await sink.send(msgspec.structs.replace(original))
         clock.now += 301
         await sink.flush()
         uuids.append(inner.alerts[-1].uuid)
     assert uuids[0] == uuids[1] != original.uuid
     sink, inner, _, clock = policy(DEDUP)
     for _ in range(2):
-        await sink.send(dataclasses.replace(original, uuid=sample_alert().uuid))
+        await sink.send(msgspec.structs.replace(original, uuid=sample_alert().uuid))
     await sink.close()
     assert inner.alerts[-1].uuid not in uuids  # another original, another summary
 
