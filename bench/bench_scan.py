@@ -215,21 +215,22 @@ def targets(results: dict[str, Result]) -> list[dict[str, Any]]:
                 "pass": ratio <= TARGET_BUILTIN_VS_ORJSON,
             }
         )
-    # Per-event cost of matching: every event decoded and matched.  With the
-    # prefilter on, the 1000-rule set also *needs* more events decoded (its
-    # rules care about more of them), which is not a cost of the rule count.
-    r10 = results.get("eventd 10 rules, no prefilter")
-    r1000 = results.get("eventd 1000 rules, no prefilter")
-    if r10 and r1000:
-        ratio = r1000.us_per_event / r10.us_per_event
-        out.append(
-            {
-                "target": "1000 rules at most 2x the per-event cost of 10 rules",
-                "value": round(ratio, 3),
-                "limit": TARGET_1000_VS_10,
-                "pass": ratio <= TARGET_1000_VS_10,
-            }
-        )
+    # The target is with the prefilter on (what a scan does); with
+    # every event decoded and matched it shows the matching engine alone.  With
+    # the prefilter on, the 1000-rule set also needs more lines decoded (its
+    # rules care about more of them) and raises more alerts.
+    for suffix, label in (("", "with the prefilter"), (", no prefilter", "every event decoded")):
+        r10, r1000 = results.get(f"eventd 10 rules{suffix}"), results.get(f"eventd 1000 rules{suffix}")
+        if r10 and r1000:
+            ratio = r1000.us_per_event / r10.us_per_event
+            out.append(
+                {
+                    "target": f"1000 rules at most 2x the per-event cost of 10 rules ({label})",
+                    "value": round(ratio, 3),
+                    "limit": TARGET_1000_VS_10,
+                    "pass": ratio <= TARGET_1000_VS_10,
+                }
+            )
     return out
 
 
