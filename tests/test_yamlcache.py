@@ -191,3 +191,23 @@ def test_the_cache_variable_is_not_a_daemon_setting() -> None:
     load_config(None, {yamlcache.ENV_NAME: "/somewhere"})  # accepted, and not a setting
     with pytest.raises(ConfigError, match="cache_dirs"):
         load_config(None, {"EVENTD_CACHE_DIRS": "/somewhere"})  # a typo is still refused
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722])
+def test_a_directory_others_can_write_is_not_used(tmp_path, monkeypatch, mode: int) -> None:
+    """A shared directory could hold a planted tree of other rules under the
+    name of ours: it is neither read nor written."""
+    shared = tmp_path / "shared"
+    with yamlcache.enabled({"EVENTD_CACHE_DIR": str(shared)}):
+        parsed = load_documents(RULES, "r.yaml")
+    (entry,) = _entries(shared)
+    planted = msgspec.msgpack.encode(load_documents("- rule: planted\n", "p.yaml"))
+    entry.write_bytes(planted)
+    shared.chmod(mode)
+    with yamlcache.enabled({"EVENTD_CACHE_DIR": str(shared)}):
+        assert load_documents(RULES, "r.yaml") == parsed  # parsed, not the planted tree
+        load_documents("- other: 1\n", "o.yaml")
+    assert _entries(shared) == [entry] and entry.read_bytes() == planted  # nothing written
+    shared.chmod(0o700)
+    with yamlcache.enabled({"EVENTD_CACHE_DIR": str(shared)}):
+        assert load_documents(RULES, "r.yaml") != parsed  # a private directory is trusted

@@ -16,6 +16,8 @@ truncated or foreign file is a miss, never a wrong tree of the wrong shape.
 * Not kept: a text that failed to parse (its error is reported again), a
   tree sharing nodes through YAML aliases (written out, a few aliases can
   stand for billions of nodes) and anything over ``MAX_BYTES``.
+* A directory that is not the user's own, or that others can write to, is
+  not used at all (it could hold planted trees of other rules).
 * Any error reading or writing is a miss, silently: a read-only home or a
   full disk costs the parse, nothing else.
 """
@@ -56,6 +58,20 @@ class RulesCache:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._decoder: msgspec.msgpack.Decoder[Any] | None = None
+        self._trusted: bool | None = None
+
+    def trusted(self) -> bool:
+        """Whether entries may be read from the directory: it is ours and
+        nobody else can write to it.  A shared one (``EVENTD_CACHE_DIR=/tmp/x``
+        made by another user, or left group- or world-writable) could hold
+        planted trees of other rules; then the cache is not used at all."""
+        if self._trusted is None:
+            try:
+                st = os.stat(self.directory)
+            except OSError:
+                return False  # not there (yet): nothing to read
+            self._trusted = st.st_uid == os.geteuid() and not st.st_mode & 0o022
+        return self._trusted
 
     def _path(self, text: str) -> Path | None:
         try:
@@ -68,7 +84,7 @@ class RulesCache:
     def load(self, text: str) -> list[Node] | None:
         """The tree kept for ``text``, or ``None``."""
         path = self._path(text)
-        if path is None:
+        if path is None or not self.trusted():
             return None
         try:
             with open(path, "rb") as fh:
@@ -101,6 +117,9 @@ class RulesCache:
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._trusted = None  # made just now, perhaps
+            if not self.trusted():
+                return
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
