@@ -797,6 +797,7 @@ def _soak_summary(options: Options, soak: StepResult) -> dict[str, Any]:
     after = next((m for t, m in samples if t >= warmup), samples[-1][1] if samples else None)
     end = samples[-1][1] if samples else None
     steady = [(t, m) for t, m in samples if t >= warmup]
+    half = next((m for t, m in samples if t >= soak.seconds / 2), None)
     return {
         **asdict(soak),
         "warmup_s": round(warmup, 1),
@@ -804,6 +805,11 @@ def _soak_summary(options: Options, soak: StepResult) -> dict[str, Any]:
         "rss_end_mb": end,
         "growth": round(end / after, 3) if after and end else None,
         "rss_slope_mb_per_min": None if len(steady) < 2 else round(_slope(steady) * 60, 2),
+        # A second view, insensitive to where the warm-up ends: a one-time
+        # step (the dedup table's first rebuild under churn) can land just
+        # after it at some rates; a leak still shows in the second half.
+        "rss_half_mb": half,
+        "growth_second_half": round(end / half, 3) if half and end else None,
         "note": note,
     }
 
@@ -917,7 +923,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"soak: {s['seconds'] / 60:.1f} min at {s['offered_eps']:,.0f}/s, "
             f"RSS {s['rss_after_warmup_mb']} MB after {s['warmup_s']:.0f}s warm-up, "
-            f"{s['rss_end_mb']} MB at the end ({s['rss_slope_mb_per_min']} MB/min in between)"
+            f"{s['rss_end_mb']} MB at the end ({s['rss_slope_mb_per_min']} MB/min in between); "
+            f"second half {s['rss_half_mb']} -> {s['rss_end_mb']} MB ({s['growth_second_half']}x)"
             + (f" ({s['note']})" if s["note"] else "")
         )
     lines.append(f"caveat: {report['machine']['cpus']} CPUs; {CAVEAT}")
