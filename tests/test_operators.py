@@ -395,3 +395,32 @@ def test_make_predicate_checks_the_shape_of_the_rhs():
 def test_cached_predicate_builds_each_predicate_once():
     assert cached_predicate("regex", "x+y") is cached_predicate("regex", "x+y")
     assert cached_predicate("in", ("a", "b"))("b")
+
+
+def test_rule_constants_share_one_predicate_while_rules_hold_it() -> None:
+    """Rules with the same list share its predicate (team rules repeat the
+    trusted registries); once no rule holds it, it is gone, so reloads do
+    not pile up old lists."""
+    import gc
+
+    from eventd.engine import operators
+    from eventd.engine.loader import load_rules_text
+
+    registries = tuple(f"registry-{i}.example.com" for i in range(2000))
+    rule = """
+- rule: R{n}
+  desc: d
+  condition: ka.verb = create and ka.req.pod.images.registry in ({items})
+  output: o
+  priority: INFO
+  source: k8s_audit
+"""
+    text = "".join(rule.format(n=n, items=", ".join(registries)) for n in range(3))
+    ruleset = load_rules_text([("shared.yaml", text)])
+    assert [r.name for r in ruleset.rules] == ["R0", "R1", "R2"]
+    assert ("in", registries) in operators._SHARED
+    before = operators._SHARED[("in", registries)]
+    assert operators.shared_predicate("in", registries) is before
+    del ruleset, before
+    gc.collect()
+    assert ("in", registries) not in operators._SHARED

@@ -46,7 +46,7 @@ from eventd.engine.load_result import (
     regex_simpler,
     transformer_misused,
 )
-from eventd.engine.operators import ScalarPredicate, cached_predicate, make_predicate, text_of
+from eventd.engine.operators import ScalarPredicate, cached_predicate, shared_predicate, text_of
 from eventd.engine.parser import parse_lhs as _parse_lhs
 from eventd.events.model import Event
 
@@ -306,7 +306,7 @@ def _compile_check(check: Check, fields: FieldSet, opts: Options) -> Predicate:
     rhs = _normalise(bound, op, rhs)
     if isinstance(rhs, tuple) and not rhs:
         return _always_false  # `x in ()` matches nothing, even for lists
-    pred = make_predicate(op, rhs)
+    pred = shared_predicate(op, rhs)
     if not is_list:
         # Cast, as the value conventions say: not ``yields_list``, one scalar or None.
         return _scalar_check(cast(ScalarGetter, get), pred)
@@ -393,7 +393,7 @@ def value_test(check: Check, fields: FieldSet) -> ValueTest | None:
         return None
     try:
         rhs = _normalise(bound, op, rhs)
-        pred = make_predicate(op, rhs) if rhs != () else None
+        pred = shared_predicate(op, rhs) if rhs != () else None
     except RuleError:
         return None
     if pred is None:
