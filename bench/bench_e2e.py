@@ -614,15 +614,19 @@ def soak_warmup_seconds(rate: float) -> float:
     """When eventd's memory should have stopped growing at ``rate``.
 
     The webhook's dedup table keeps every (auditID, stage) for the dedup
-    window, up to a fixed number of entries: until it is full, RSS grows by
-    design.  Once full, every new key evicts the oldest, and the table's
-    hash storage is rebuilt once under that churn (a one-time step in RSS;
-    a 10-minute soak at 5,000/s showed +17 % there, flat before and after).
-    So the steady state starts after the table filled *and* turned over
-    once, plus thirty seconds for the allocator to settle.
+    window, up to a fixed number of entries (N): until it is full, RSS grows
+    by design.  Once full, every new key evicts the oldest, and under that
+    churn the table's hash storage is rebuilt, which leaves a one-time step
+    in RSS.  The step comes after about 3.2 N inserts: ``RecentKeys`` alone,
+    fed 8 N keys, grows to 154 MB by 1.4 N, steps +16 MB at 3.2 N and is
+    flat from there to 8 N; the 20-minute soak at 10,000/s stepped at 160 s
+    (3.2 x 50 s).  So the steady state starts after 3.5 N inserts (N/rate
+    seconds each, or the window if shorter), plus thirty seconds for the
+    allocator to settle.  (This read 2 N until the soaks of 2026-12-05
+    showed the step landing after that warm-up.)
     """
     window = AuditWebhookConfig().dedup_window_seconds
-    return 2 * min(window, prefill_events() / rate) + 30.0
+    return 3.5 * min(window, prefill_events() / rate) + 30.0
 
 
 async def run(options: Options, workdir: Path, broker: KafkaBroker | None = None) -> dict[str, Any]:
