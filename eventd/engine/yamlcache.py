@@ -17,7 +17,9 @@ truncated or foreign file is a miss, never a wrong tree of the wrong shape.
   tree sharing nodes through YAML aliases (written out, a few aliases can
   stand for billions of nodes) and anything over ``MAX_BYTES``.
 * A directory that is not the user's own, or that others can write to, is
-  not used at all (it could hold planted trees of other rules).
+  not used at all (it could hold planted trees of other rules).  What is in
+  the user's own private directory is trusted, as Python trusts ``.pyc``
+  files there: whoever can write it can change the rules files too.
 * Any error reading or writing is a miss, silently: a read-only home or a
   full disk costs the parse, nothing else.
 """
