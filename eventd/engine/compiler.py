@@ -303,10 +303,9 @@ def _compile_check(check: Check, fields: FieldSet, opts: Options) -> Predicate:
     if (op in LIST_OPS) != isinstance(rhs, tuple) or rhs is None:
         raise RuleError(f"operator '{op}' cannot take the value {rhs!r}")
     _value_warnings(op, rhs, fields, opts, check.pos)
-    rhs = _normalise(bound, op, rhs)
-    if isinstance(rhs, tuple) and not rhs:
+    pred = _constant_predicate(bound, op, rhs)
+    if pred is None:
         return _always_false  # `x in ()` matches nothing, even for lists
-    pred = shared_predicate(op, rhs)
     if not is_list:
         # Cast, as the value conventions say: not ``yields_list``, one scalar or None.
         return _scalar_check(cast(ScalarGetter, get), pred)
@@ -392,13 +391,22 @@ def value_test(check: Check, fields: FieldSet) -> ValueTest | None:
     if rhs is None or isinstance(rhs, FieldRef) or (op in LIST_OPS) != isinstance(rhs, tuple):
         return None
     try:
-        rhs = _normalise(bound, op, rhs)
-        pred = shared_predicate(op, rhs) if rhs != () else None
+        pred = _constant_predicate(bound, op, rhs)
     except RuleError:
         return None
     if pred is None:
         return _never  # `x in ()` matches nothing
     return lambda value: value is not None and pred(value)
+
+
+def _constant_predicate(bound: BoundField, op: str, rhs: str | tuple[str, ...]) -> ScalarPredicate | None:
+    """The predicate of ``op`` against a constant, normalised for the field;
+    ``None`` for an empty list, which nothing matches.  One place for
+    ``compile_check`` and ``value_test``, which must agree exactly."""
+    rhs = _normalise(bound, op, rhs)
+    if isinstance(rhs, tuple) and not rhs:
+        return None
+    return shared_predicate(op, rhs)
 
 
 def _present(value: Scalar | None) -> bool:
