@@ -14,6 +14,7 @@ copies carry the same uuid and consumers can drop the duplicate.
 from __future__ import annotations
 
 import functools
+import operator
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
@@ -23,11 +24,10 @@ from msgspec import Struct, field
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.fields import default_registry
+from eventd.engine.fields.image_fields import image_row, row_position
 from eventd.engine.ruleset import Rule
 from eventd.events.model import FALCO, K8S_AUDIT, Event, event_time_ns
 from eventd.events.timestamps import ns_to_clock, ns_to_rfc3339
-from eventd.images import MAX_REFERENCE_LENGTH
-from eventd.images import parse as parse_image
 from eventd.priority import Priority
 
 _UUID_NAMESPACE = uuidlib.UUID("9d1f4c3e-5b7a-4e0f-9a51-6c2f1b8e7d40")
@@ -218,22 +218,15 @@ def _image_entry(raw: str) -> dict[str, str]:
     """One ``eventd.images`` entry: the image as written and its parts.
 
     The parts are what ``ka.req.pod.images.{registry,name,tag,digest}``
-    give for this image (their list form: ``""`` when absent), taken from
-    one cached parse per distinct image instead of four field extractions
-    per alert; ``tests/test_alert_context.py`` checks they agree.
+    give for this image (their list form: ``""`` when absent), read off the
+    image's cached row (``image_fields.image_row``) instead of four field
+    extractions per alert; ``tests/test_alert_context.py`` checks they agree.
     """
-    registry, name, tag, digest = _image_parts(raw) if len(raw) <= MAX_REFERENCE_LENGTH else _parts(raw)
+    registry, name, tag, digest = _entry_parts(image_row(raw))
     return {"image": raw, "registry": registry, "name": name, "tag": tag, "digest": digest}
 
 
-def _parts(raw: str) -> tuple[str, str, str, str]:
-    ref = parse_image(raw)
-    return ref.registry or "", ref.name or "", ref.tag or "", ref.digest or ""
-
-
-#: Cached per image string; longer strings than a valid reference may be
-#: are not cached (``_image_entry``), so the cache pins at most ~16 MB.
-_image_parts = functools.lru_cache(maxsize=4096)(_parts)
+_entry_parts = operator.itemgetter(*map(row_position, ("registry", "name", "tag", "digest")))
 
 
 def alert_context(event: Event) -> dict[str, Any]:

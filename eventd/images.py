@@ -21,8 +21,15 @@ DEFAULT_DOMAIN = "docker.io"
 _LEGACY_DOMAIN = "index.docker.io"
 _LIBRARY = "library/"
 MAX_PATH_LENGTH = 255  # v0.6.0 counts the path only, not the domain
-# Not an upstream limit: caps work and cache memory for hostile input (no DNS name is this long).
+# Not an upstream limit: caps work for hostile input (no DNS name is this long).
 MAX_REFERENCE_LENGTH = 4096
+#: Parses kept, and the longest reference kept among them.  Together they bound
+#: the cache in bytes: an entry holds its string a few times over (raw, name,
+#: path, familiar, repository), so at most ~6 x 512 B each, ~12 MB in all, even
+#: when a hostile log names a new 4 KB image on every line.  Real references
+#: are far shorter and a cluster runs far fewer distinct ones.
+CACHED_REFERENCES = 4096
+CACHED_REFERENCE_LENGTH = 512
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REMOTE = rf"{_COMPONENT}(?:/{_COMPONENT})*"
@@ -206,8 +213,7 @@ def _invalid(raw: str, kind: str) -> ImageRef:
     return ImageRef(raw, False, kind, None, None, None, None, _repository(raw))
 
 
-@lru_cache(maxsize=65536)
-def _parse_cached(raw: str) -> ImageRef:
+def _parse(raw: str) -> ImageRef:
     if not raw:
         return _invalid(raw, "empty")
     if _IDENTIFIER_RE.fullmatch(raw):
@@ -232,10 +238,16 @@ def _parse_cached(raw: str) -> ImageRef:
     return ImageRef(raw, True, None, domain, path, tag, digest, _repository(raw))
 
 
+_parse_cached = lru_cache(maxsize=CACHED_REFERENCES)(_parse)
+
+
 def parse(ref: str) -> ImageRef:
-    """Parse with ``ParseNormalizedNamed`` semantics; never raises.  Cached per string."""
-    if len(ref) > MAX_REFERENCE_LENGTH:  # not cached: would pin huge strings in memory
+    """Parse with ``ParseNormalizedNamed`` semantics; never raises.  Cached per
+    string, up to ``CACHED_REFERENCE_LENGTH`` characters."""
+    if len(ref) > MAX_REFERENCE_LENGTH:
         return _invalid(ref, "too_long")
+    if len(ref) > CACHED_REFERENCE_LENGTH:  # not cached: would pin long strings in memory
+        return _parse(ref)
     return _parse_cached(ref)
 
 

@@ -46,7 +46,7 @@ from eventd.engine.load_result import (
     regex_simpler,
     transformer_misused,
 )
-from eventd.engine.operators import ScalarPredicate, cached_predicate, shared_predicate, text_of
+from eventd.engine.operators import ScalarPredicate, cached_predicate, shared_predicate, text_of, text_set
 from eventd.engine.parser import parse_lhs as _parse_lhs
 from eventd.events.model import Event
 
@@ -418,6 +418,17 @@ def _never(_value: Scalar | None) -> bool:
 
 
 def _scalar_check(get: ScalarGetter, pred: ScalarPredicate) -> Predicate:
+    texts = text_set(pred)
+    if texts is not None:  # ``in``, ``=`` against a list: strings tested inline
+
+        def member_check(ev: Event) -> bool:
+            v = get(ev)
+            if v.__class__ is str:
+                return v in texts
+            return v is not None and pred(v)
+
+        return member_check
+
     def check(ev: Event) -> bool:
         v = get(ev)
         return v is not None and pred(v)

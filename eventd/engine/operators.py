@@ -251,7 +251,21 @@ def set_predicate(items: Iterable[str]) -> ScalarPredicate:
             return value in numbers
         return text_of(value) in texts
 
+    _TEXT_SETS[member] = texts
     return member
+
+
+#: The strings a ``set_predicate`` admits, by predicate: what a string value
+#: is tested against, which ``compiler`` inlines (``text_set``).
+_TEXT_SETS: weakref.WeakKeyDictionary[Callable[..., bool], frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def text_set(pred: ScalarPredicate) -> frozenset[str] | None:
+    """For a ``set_predicate``: the strings it admits, so that a caller
+    holding a string can test ``value in texts`` without a call; the
+    predicate stays right for every other type.  ``None`` for other
+    predicates."""
+    return _TEXT_SETS.get(pred)
 
 
 def pmatch_predicate(items: Iterable[str]) -> ScalarPredicate:

@@ -116,7 +116,8 @@ class OutputFormat:
     def render(self, event: Event) -> tuple[str, dict[str, Any]]:
         """The output line for ``event`` and its ``output_fields`` (a fresh dict)."""
         values = [get(event) for get in self._getters]
-        shown = list(map(value_text, values))
+        # Most values are strings, which print as they are: no call for them.
+        shown = [v if v.__class__ is str else value_text(v) for v in values]
         for i, width in self._padded:
             shown[i] = shown[i][:width].ljust(width)
         fields = dict(zip(self.tokens, [list(v) if type(v) is tuple else v for v in values], strict=True))

@@ -392,8 +392,13 @@ class ResourceRedactor(Struct, frozen=True):
         return changed
 
     def _pod_env(self, obj: dict[str, Any]) -> bool:
-        """Walks only the keys that lead to containers, not the whole object."""
+        """Walks only the keys that lead to containers, not the whole object.
+
+        Runs on every pod and workload write, so the usual shapes (lists of
+        objects) are walked inline; anything else goes through ``_env``.
+        """
         changed = False
+        credential = self.credential
         stack = [obj]
         while stack:
             node = stack.pop()
@@ -401,14 +406,28 @@ class ResourceRedactor(Struct, frozen=True):
                 containers = node.get(key)
                 if containers is None:
                     continue
-                for container in _children(containers):
-                    if isinstance(container, dict):
-                        env = container.get("env")
-                        if env is not None and self._env(env):
+                for container in containers if type(containers) is list else _children(containers):
+                    if type(container) is not dict:
+                        continue
+                    env = container.get("env")
+                    if env is None:
+                        continue
+                    if type(env) is not list:
+                        changed |= self._env(env)
+                        continue
+                    for var in env:
+                        if type(var) is not dict:
+                            continue
+                        name = var.get("name")
+                        if type(name) is str and not credential[name]:
+                            continue  # most variables: a name that is no credential
+                        value = var.get("value")
+                        if value is not None and value != REDACTED:
+                            var["value"] = REDACTED
                             changed = True
             for key in _POD_WALK_KEYS:
                 child = node.get(key)
-                if isinstance(child, dict):
+                if type(child) is dict:
                     stack.append(child)
         return changed
 
