@@ -11,6 +11,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from eventd import images
+from eventd.engine.fields import image_fields
 from eventd.images import (
     ImageRef,
     ImageReferenceError,
@@ -274,6 +276,26 @@ def test_parse_is_cached_and_refs_are_immutable():
     with pytest.raises(AttributeError):
         parse("nginx").tag = "x"  # type: ignore[misc]
     assert parse("nginx") == ImageRef("nginx", True, None, HUB, "library/nginx", None, None, "nginx")
+
+
+def test_parse_caches_are_bounded_in_bytes():
+    """A hostile log naming a new long image on every line must not grow
+    the parse caches (references and attribute rows) past their byte bound."""
+    long_path = "/".join(["team"] * 200)  # > CACHED_REFERENCE_LENGTH, <= MAX_REFERENCE_LENGTH
+    assert images.CACHED_REFERENCE_LENGTH < len(long_path) <= images.MAX_REFERENCE_LENGTH
+    before = images._parse_cached.cache_info().currsize
+    rows_before = image_fields._cached_row.cache_info().currsize
+    for n in range(50):
+        ref = f"registry.example/{long_path}/app{n}:v1"
+        assert parse(ref).valid is False  # path longer than 255: still parsed, not cached
+        assert image_fields.image_row(ref)[image_fields.row_position("raw")] == ref
+    assert images._parse_cached.cache_info().currsize == before
+    assert image_fields._cached_row.cache_info().currsize == rows_before
+    for cache in (images._parse_cached, image_fields._cached_row):
+        assert cache.cache_info().maxsize == images.CACHED_REFERENCES
+    short = "registry.example/team/app:v1"
+    assert parse(short) is parse(short)
+    assert image_fields.image_row(short) is image_fields.image_row(short)
 
 
 @pytest.mark.parametrize(

@@ -152,9 +152,9 @@ def _compile(node: Node, fields: FieldSet, opts: Options) -> Predicate:
     if isinstance(node, Check):
         return compile_check(node, fields, opts)
     if isinstance(node, And):
-        return _conjunction([_compile(c, fields, opts) for c in _flatten(node, And)])
+        return _conjunction([_compile(c, fields, opts) for c in flatten(node, And)])
     if isinstance(node, Or):
-        return _disjunction([_compile(c, fields, opts) for c in _flatten(node, Or)])
+        return _disjunction([_compile(c, fields, opts) for c in flatten(node, Or)])
     if isinstance(node, Not):
         return _negation(_compile(node.child, fields, opts))
     if isinstance(node, MacroRef):
@@ -162,12 +162,12 @@ def _compile(node: Node, fields: FieldSet, opts: Options) -> Predicate:
     raise TypeError(f"not a condition node: {node!r}")
 
 
-def _flatten(node: And | Or, kind: type[And] | type[Or]) -> list[Node]:
+def flatten(node: And | Or, kind: type[And] | type[Or]) -> list[Node]:
     """The operands of ``node`` with same-kind children spliced in, in order."""
     out: list[Node] = []
     for child in node.children:
         if isinstance(child, kind):
-            out.extend(_flatten(child, kind))
+            out.extend(flatten(child, kind))
         else:
             out.append(child)
     return out
@@ -287,31 +287,71 @@ def _check_operator(op: str, bound: BoundField, is_list: bool, opts: Options, po
         raise FieldError(f"filter error: '{op}' operator not supported for string filters")
 
 
-def _compile_check(check: Check, fields: FieldSet, opts: Options) -> Predicate:
+class CheckPlan(Struct, frozen=True):
+    """What one check does, decided once: the closures below and the code
+    generator (``engine.codegen``) build the same test from it.
+
+    ``kind`` is ``"false"`` (never true: ``x in ()``), ``"exists"``,
+    ``"scalar"`` (``pred`` on the one value), ``"any"``/``"all"`` (``pred``
+    on a list's values) or ``"call"`` (``call`` decides: a comparison with
+    another field).
+    """
+
+    kind: str
+    bound: BoundField | None = None
+    pred: ScalarPredicate | None = None
+    call: Predicate | None = None
+
+
+def plan_check(check: Check, fields: FieldSet, opts: Options = _DEFAULT) -> CheckPlan:
+    """Check ``check`` against ``fields`` and decide how to test it (see
+    ``compile_check`` for the errors)."""
+    try:
+        return _plan_check(check, fields, opts)
+    except RuleError as exc:
+        raise exc.located(offset=check.pos) from None
+
+
+def _plan_check(check: Check, fields: FieldSet, opts: Options) -> CheckPlan:
     op = "=" if check.op == "==" else check.op
     if op not in ALL_OPS:
         raise RuleError(f"unknown operator '{check.op}'")
     bound = _bind(fields, check.field)
-    get = bound.get
     is_list = yields_list(bound)
     _check_operator(op, bound, is_list, opts, check.pos)
     if op == "exists":
-        return lambda ev: get(ev) is not None
+        return CheckPlan("exists", bound)
     rhs = check.value
     if isinstance(rhs, FieldRef):
-        return _field_comparison(op, bound, _rhs_field(op, bound, fields, rhs), is_list)
+        other = _rhs_field(op, bound, fields, rhs)
+        return CheckPlan("call", call=_field_comparison(op, bound, other, is_list))
     if (op in LIST_OPS) != isinstance(rhs, tuple) or rhs is None:
         raise RuleError(f"operator '{op}' cannot take the value {rhs!r}")
     _value_warnings(op, rhs, fields, opts, check.pos)
     pred = _constant_predicate(bound, op, rhs)
     if pred is None:
-        return _always_false  # `x in ()` matches nothing, even for lists
+        return CheckPlan("false")  # `x in ()` matches nothing, even for lists
     if not is_list:
+        return CheckPlan("scalar", bound, pred)
+    return CheckPlan("any" if op == "intersects" or op in LIST_ANY_OPS else "all", bound, pred)
+
+
+def _compile_check(check: Check, fields: FieldSet, opts: Options) -> Predicate:
+    plan = _plan_check(check, fields, opts)
+    bound, pred = plan.bound, plan.pred
+    if plan.kind == "call" and plan.call is not None:
+        return plan.call
+    if plan.kind == "exists" and bound is not None:
+        get = bound.get
+        return lambda ev: get(ev) is not None
+    if bound is None or pred is None:  # "false"
+        return _always_false
+    if plan.kind == "scalar":
         # Cast, as the value conventions say: not ``yields_list``, one scalar or None.
-        return _scalar_check(cast(ScalarGetter, get), pred)
+        return _scalar_check(cast(ScalarGetter, bound.get), pred)
     # Cast, as the value conventions say: ``yields_list``, a tuple of scalars or None.
-    get_values = cast(ListGetter, get)
-    if op == "intersects" or op in LIST_ANY_OPS:
+    get_values = cast(ListGetter, bound.get)
+    if plan.kind == "any":
         return lambda ev: (v := get_values(ev)) is not None and any(map(pred, v))
     return lambda ev: (v := get_values(ev)) is not None and all(map(pred, v))
 

@@ -26,6 +26,7 @@ from typing import cast
 from msgspec import UNSET
 
 from eventd.engine.ast import And, Check, FieldRef, Node, Not, Or, walk
+from eventd.engine.codegen import generate
 from eventd.engine.compiler import ValueTest, compile_condition, value_test
 from eventd.engine.fields.base import BoundField, FieldDef, FieldSet
 from eventd.engine.ruleset import Rule
@@ -248,15 +249,22 @@ class RuleIndex:
         # Cast: ``indexable`` fields are single-valued text (``FieldDef.indexable``).
         self._getters = tuple(cast("Callable[[Event], str | None]", f.get) for f in self.fields)
         self._allowed = [tuple(r.get(n) for n in low) for r in reqs]
+        residuals = [
+            residual_condition(r.condition, req, indexable) for r, req in zip(self.rules, reqs, strict=True)
+        ]
         self._entries: tuple[_Entry, ...] = tuple(
             (
                 rule,
-                _residual_predicate(rule, req, indexable, fields),
+                _residual_predicate(rule, rest, fields),
                 tuple((i, req[n]) for i, n in enumerate(high) if n in req),
                 tuple((i, test) for i, n in enumerate(high) for test in test_map.get(n, ())),
             )
-            for rule, req, test_map in zip(self.rules, reqs, tests, strict=True)
+            for rule, rest, req, test_map in zip(self.rules, residuals, reqs, tests, strict=True)
         )
+        #: What is left of each rule's condition to test (``None``: nothing).
+        self._residuals = tuple(residuals)
+        #: Entries whose residual predicate was generated (``_generated``), by position.
+        self._fast: dict[int, _Entry] = {}
         self.memo: dict[tuple[object, ...], _Bucket] = {}
 
     def admitted(self, name: str) -> frozenset[str | None] | None:
@@ -285,12 +293,24 @@ class RuleIndex:
                 self.memo.clear()
             known = dict(zip(self._memo_names, key, strict=True))
             found = self.memo[key] = _Bucket(
-                entry
-                for entry, allowed in zip(self._entries, self._allowed, strict=True)
+                self._generated(i)
+                for i, (entry, allowed) in enumerate(zip(self._entries, self._allowed, strict=True))
                 if all(a is None or v in a for a, v in zip(allowed, key, strict=True))
                 and self._verdict(entry[0].condition, known) is not False
             )
         return found
+
+    def _generated(self, position: int) -> _Entry:
+        """Entry ``position`` with its residual predicate as generated code
+        (``engine.codegen``), made the first time a bucket offers the rule:
+        start-up pays nothing for it, and rules no event reaches never."""
+        entry = self._fast.get(position)
+        if entry is None:
+            rule, predicate, checks, tests = self._entries[position]
+            rest = self._residuals[position]
+            generated = None if rest is None else generate(rest, self._fields_set)
+            entry = self._fast[position] = (rule, generated or predicate, checks, tests)
+        return entry
 
     def _verdict(self, node: Node, known: dict[str, str | None]) -> bool | None:
         """``node`` evaluated on the memo key's values alone: ``False`` when it
@@ -375,10 +395,7 @@ class _Bucket:
         return found
 
 
-def _residual_predicate(
-    rule: Rule, guaranteed: Requirements, keep: Callable[[FieldRef], bool], fields: FieldSet
-) -> Callable[[Event], bool]:
-    rest = residual_condition(rule.condition, guaranteed, keep)
+def _residual_predicate(rule: Rule, rest: Node | None, fields: FieldSet) -> Callable[[Event], bool]:
     if rest is None:
         return _always
     if rest is rule.condition:
