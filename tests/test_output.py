@@ -264,3 +264,26 @@ def test_format_errors_are_whole_messages(fmt: str, message: str) -> None:
     with pytest.raises(RuleError) as info:
         OutputFormat.compile(fmt, FIELDS)
     assert info.value.message == message
+
+
+def test_values_come_from_the_event_cache_first_and_fill_it() -> None:
+    # Rendering reads through one generated function (``codegen.generate_reads``):
+    # a value already in the event's cache is used as it is, a missing one
+    # is extracted once and stays there for the next reader.
+    fmt = OutputFormat.compile("s=%t.str l=%t.list k=%t.key[a]", FIELDS)
+    event = Event("test", {"s": "doc", "l": ["x"], "m": {"a": "v"}})
+    event.cache["t.str"] = "cached"
+    text, fields = fmt.render(event)
+    assert text == "s=cached l=(x) k=v"
+    assert fields == {"t.str": "cached", "t.list": ["x"], "t.key[a]": "v"}
+    assert event.cache["t.list"] == ("x",) and event.cache["t.key[a]"] == "v"
+    assert fmt.render(Event("test", {"s": "other"}))[0] == "s=other l=<NA> k=<NA>"
+
+
+def test_outputs_with_more_tokens_than_a_generated_function_takes(monkeypatch) -> None:
+    import eventd.engine.output as output
+
+    monkeypatch.setattr(output, "MAX_CHECKS", 2)
+    text, fields = render("%t.str %t.int %t.bool", s="x", i=1, b=False)
+    assert text == "x 1 false"
+    assert fields == {"t.str": "x", "t.int": 1, "t.bool": False}

@@ -32,13 +32,14 @@ do not pay for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from types import CodeType
+from typing import Any
 
 from eventd.engine.ast import And, Check, Node, Not, Or
 from eventd.engine.compiler import Predicate, flatten, plan_check
-from eventd.engine.fields.base import FieldSet
+from eventd.engine.fields.base import BoundField, Extracted, FieldSet
 from eventd.engine.operators import text_set
 from eventd.events.model import Event
 
@@ -63,20 +64,36 @@ def generate(node: Node, fields: FieldSet) -> Predicate | None:
         body = emitter.expression(node, 0)
     except (_Declined, RecursionError):
         return None
-    names = ", ".join(f"a{i}" for i in range(len(emitter.args)))
+    predicate: Predicate = _build(body, emitter.args)
+    return predicate
+
+
+def generate_reads(fields: Sequence[BoundField]) -> Callable[[Event], list[Extracted]]:
+    """One function giving the values of ``fields`` for an event, in order:
+    what an output renders, each read from the event's cache inline."""
+    emitter = _Arguments()
+    reads: Callable[[Event], list[Extracted]] = _build(
+        "[" + ", ".join(emitter.read(bound, i) for i, bound in enumerate(fields)) + "]", emitter.args
+    )
+    return reads
+
+
+def _build(body: str, args: list[object]) -> Any:
+    """The function ``ev -> body``, ``body`` being our own expression over
+    the arguments ``a0``, ``a1``... given as ``args``."""
+    names = ", ".join(f"a{i}" for i in range(len(args)))
     source = (
         f"def make(MISSING, any, all, map, str{', ' if names else ''}{names}):\n"
-        "    def predicate(ev):\n"
+        "    def generated(ev):\n"
         "        c = ev.cache.get\n"
         f"        return {body}\n"
-        "    return predicate\n"
+        "    return generated\n"
     )
     namespace: dict[str, object] = {"__builtins__": {}}
     exec(_compiled(source), namespace)  # our own source: shapes and argument names only
     make = namespace["make"]
     assert callable(make)  # defined by the line above
-    predicate: Callable[[Event], bool] = make(_MISSING, any, all, map, str, *emitter.args)
-    return predicate
+    return make(_MISSING, any, all, map, str, *args)
 
 
 @lru_cache(maxsize=256)
@@ -101,17 +118,31 @@ def _fold(parts: list[str], joiner: str) -> str:
     return kept[0] if len(kept) == 1 else "(" + f" {joiner} ".join(kept) + ")"
 
 
-class _Emitter:
-    """Walks a condition and writes its expression, collecting the arguments."""
+class _Arguments:
+    """The values a generated function gets as arguments, and the inline
+    field read written over them."""
 
-    def __init__(self, fields: FieldSet) -> None:
-        self.fields = fields
+    def __init__(self) -> None:
         self.args: list[object] = []
-        self.checks = 0
 
     def _arg(self, value: object) -> str:
         self.args.append(value)
         return f"a{len(self.args) - 1}"
+
+    def read(self, bound: BoundField, n: int) -> str:
+        """The expression of ``bound``'s value: from the event's cache, else
+        from its getter (which fills the cache), through temporary ``tN``."""
+        key, get = self._arg(bound.ref.token), self._arg(bound.get)
+        return f"(t{n} if (t{n} := c({key}, MISSING)) is not MISSING else {get}(ev))"
+
+
+class _Emitter(_Arguments):
+    """Walks a condition and writes its expression, collecting the arguments."""
+
+    def __init__(self, fields: FieldSet) -> None:
+        super().__init__()
+        self.fields = fields
+        self.checks = 0
 
     def expression(self, node: Node, depth: int) -> str:
         if depth > MAX_DEPTH:
@@ -137,9 +168,7 @@ class _Emitter:
         if bound is None:  # "false": never true
             return "False"
         v = f"v{self.checks}"
-        # The value: from the cache, else from the getter (which fills it).
-        key, get = self._arg(bound.ref.token), self._arg(bound.get)
-        read = f"({v} := (t if (t := c({key}, MISSING)) is not MISSING else {get}(ev)))"
+        read = f"({v} := {self.read(bound, self.checks)})"
         if plan.kind == "exists" or pred is None:
             return f"({read} is not None)"
         p = self._arg(pred)

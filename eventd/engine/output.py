@@ -14,9 +14,11 @@ values ``None``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from eventd.engine.ast import TRANSFORMERS, FieldRef
+from eventd.engine.codegen import MAX_CHECKS, generate_reads
 from eventd.engine.errors import FieldError, RuleError
 from eventd.engine.fields.base import BoundField, Extracted, FieldSet
 from eventd.events.model import Event
@@ -57,14 +59,16 @@ class OutputFormat:
     printf-style template (``%`` doubled) and the values are put in by C.
     """
 
-    __slots__ = ("_getters", "_padded", "_template", "text", "tokens")
+    __slots__ = ("_bound", "_padded", "_read", "_template", "text", "tokens")
 
     def __init__(self, text: str, parts: tuple[tuple[str, BoundField | None, int], ...]) -> None:
         self.text = text
         fields = [(token, bound, width) for token, bound, width in parts if bound is not None]
         #: The text as written of each field token, in order (``output_fields`` keys).
         self.tokens: tuple[str, ...] = tuple(token for token, _, _ in fields)
-        self._getters = tuple(bound.get for _, bound, _ in fields)
+        self._bound = tuple(bound for _, bound, _ in fields)
+        #: Reads every token's value (``codegen.generate_reads``), made at the first render.
+        self._read: Callable[[Event], list[Extracted]] | None = None
         #: ``(position, width)`` of tokens with a ``%<width>`` (rare).
         self._padded = tuple((i, width) for i, (_, _, width) in enumerate(fields) if width)
         self._template = "".join(
@@ -115,7 +119,10 @@ class OutputFormat:
 
     def render(self, event: Event) -> tuple[str, dict[str, Any]]:
         """The output line for ``event`` and its ``output_fields`` (a fresh dict)."""
-        values = [get(event) for get in self._getters]
+        read = self._read
+        if read is None:
+            read = self._read = _reader(self._bound)
+        values = read(event)
         # Most values are strings, which print as they are: no call for them.
         shown = [v if v.__class__ is str else value_text(v) for v in values]
         for i, width in self._padded:
@@ -125,6 +132,16 @@ class OutputFormat:
 
     def __repr__(self) -> str:
         return f"OutputFormat({self.text!r})"
+
+
+def _reader(bound: tuple[BoundField, ...]) -> Callable[[Event], list[Extracted]]:
+    """One generated function reading every value (see ``engine.codegen``);
+    an output with more tokens than a generated function takes is read
+    getter by getter."""
+    if len(bound) > MAX_CHECKS:
+        getters = tuple(b.get for b in bound)
+        return lambda event: [get(event) for get in getters]
+    return generate_reads(bound)
 
 
 def _parse_token(text: str, pos: int, fields: FieldSet) -> tuple[FieldRef, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from eventd.events.audit import NOT_AUDIT, audit_events, looks_like_audit
+from eventd.events.audit import NOT_AUDIT, audit_event, audit_events, looks_like_audit
 from eventd.events.errors import DecodeError
 from eventd.events.falco_json import falco_alert_event, looks_like_falco_alert
 from eventd.events.model import Event
@@ -35,6 +35,13 @@ def decode_object(obj: object, origin: str = "file") -> tuple[list[Event], list[
 
     Unwrapped GKE/AKS events get ``origin`` ``gke``/``aks`` instead of ``origin``.
     """
+    if type(obj) is dict and obj.get("kind") == "Event":
+        # The usual document, one native audit Event: what ``audit_events``
+        # would give it, without asking whether it is a wrapper, an alert or a list.
+        try:
+            return [audit_event(obj, origin)], []
+        except DecodeError as err:
+            return [], [err]
     unwrapped = unwrap(obj)
     if unwrapped is not None:
         events, errors = audit_events(unwrapped.data, unwrapped.origin)
