@@ -74,8 +74,7 @@ def test_typed_values_take_the_predicate_not_the_inline_string_test():
 
 def test_rule_text_never_enters_the_source(monkeypatch):
     seen: list[str] = []
-    compile_source = codegen._compiled.__wrapped__
-    monkeypatch.setattr(codegen, "_compiled", lambda source: seen.append(source) or compile_source(source))
+    monkeypatch.setattr(codegen, "_compiled", lambda source: seen.append(source) or codegen._compile(source))
     hostile = '"), __import__("os").system("false"), ("'
     tree = And((Check(FieldRef("t.s"), "=", hostile), Check(FieldRef("t.s"), "contains", "x\n\\")))
     predicate = _generated(tree)
@@ -92,6 +91,16 @@ def test_rules_of_one_shape_share_one_code_object():
     assert a.__code__ is b.__code__
     assert a(Event("test", {"s": "a"})) is True
     assert b(Event("test", {"s": "a"})) is False
+
+
+def test_long_sources_are_not_kept():
+    codegen._cached_compile.cache_clear()
+    many = Or(tuple(Check(FieldRef("t.s"), "=", str(i)) for i in range(400)))
+    predicate = _generated(many)
+    assert predicate(Event("test", {"s": "399"})) is True
+    assert codegen._cached_compile.cache_info().currsize == 0
+    _generated(Check(FieldRef("t.s"), "=", "a"))
+    assert codegen._cached_compile.cache_info().currsize == 1
 
 
 def test_deep_or_huge_conditions_are_left_to_the_closures():

@@ -96,9 +96,23 @@ def _build(body: str, args: list[object]) -> Any:
     return make(_MISSING, any, all, map, str, *args)
 
 
-@lru_cache(maxsize=256)
 def _compiled(source: str) -> CodeType:
+    """The code of ``source``, shared by every rule of the same shape; a
+    long source (a rule with hundreds of checks) is compiled but not kept,
+    so the cache stays under ``CACHED_SOURCES * CACHED_SOURCE_CHARS``."""
+    if len(source) > CACHED_SOURCE_CHARS:
+        return _compile(source)
+    return _cached_compile(source)
+
+
+def _compile(source: str) -> CodeType:
     return compile(source, "<eventd condition>", "exec")
+
+
+#: Code objects kept for reuse, and the longest source among them (a few MB in all).
+CACHED_SOURCES = 256
+CACHED_SOURCE_CHARS = 16384
+_cached_compile = lru_cache(maxsize=CACHED_SOURCES)(_compile)
 
 
 _NEGATED = {"True": "False", "False": "True"}

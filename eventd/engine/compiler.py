@@ -5,7 +5,10 @@ event costs one call per check and no tree walking.  Nested ``and``/``or``
 are flattened (``a and (b and c)`` is one three-way ``and``), two- and
 three-way forms get their own closures, evaluation keeps Falco's
 left-to-right short-circuit order, and checks that can never be true
-(``x in ()``) are folded away.
+(``x in ()``) are folded away.  The rule index later replaces the closures
+of the rules events actually reach with generated functions built from the
+same ``CheckPlan`` (``engine.codegen``); the closures stay the reference
+and serve what the generator declines.
 
 Semantics (falco-rules-language.md §7 to §9):
 
