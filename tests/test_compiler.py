@@ -657,3 +657,15 @@ def test_macro_ref_is_not_in_reference_trees():
     # requires; a macro reference anywhere must fail instead.
     with pytest.raises(RuleError):
         compile_condition(Or((Check(FieldRef("t.s"), "exists"), MacroRef("m"))), FIELDS)
+
+
+def test_a_field_reference_is_bound_once_and_the_memory_is_bounded(monkeypatch):
+    fields = FieldSet("bind-test", [FieldDef("t.s", "a string", _scalar("s"))])
+    ref = FieldRef("t.s")
+    assert fields.bind(ref) is fields.bind(FieldRef("t.s"))
+    assert fields.bind(FieldRef("t.s", transformers=("tolower",))) is not fields.bind(ref)
+    with pytest.raises(FieldError):
+        fields.bind(FieldRef("t.nope"))  # failures are not kept
+    monkeypatch.setattr(FieldSet, "MAX_BOUND", 2)
+    fields.bind(FieldRef("t.s", transformers=("toupper",)))
+    assert len(fields._bound) <= 2

@@ -164,6 +164,9 @@ class FieldSet:
                 raise ValueError(f"field {d.name} declared twice for source {source}")
             self.defs[d.name] = d
         self._dynamic = dynamic
+        #: ``bind``'s results, by reference: rules repeat the same fields, and
+        #: the code generator binds each check again (see ``bind``).
+        self._bound: dict[FieldRef, BoundField] = {}
 
     def lookup(self, name: str) -> FieldDef | None:
         found = self.defs.get(name)
@@ -173,8 +176,27 @@ class FieldSet:
             found = self._dynamic(name)
         return found
 
+    #: References whose binding is kept; past this the memory starts over
+    #: (a daemon reloading ever-changing rules must not grow it forever).
+    MAX_BOUND = 4096
+
     def bind(self, ref: FieldRef) -> BoundField:
-        """Check ``ref`` and return its extractor; raise ``FieldError``."""
+        """Check ``ref`` and return its extractor; raise ``FieldError``.
+
+        A reference bound once is given the same ``BoundField`` again: its
+        getter is stateless and keyed by the reference's token, so sharing
+        it changes nothing but the cost of loading 1,000 rules.
+        """
+        found = self._bound.get(ref)
+        if found is not None:
+            return found
+        bound = self._bind(ref)
+        if len(self._bound) >= self.MAX_BOUND:
+            self._bound.clear()
+        self._bound[ref] = bound
+        return bound
+
+    def _bind(self, ref: FieldRef) -> BoundField:
         defn = self.lookup(ref.name)
         if defn is None:
             raise FieldError(f"unknown field '{ref.name}' for source {self.source}")
