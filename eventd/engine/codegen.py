@@ -2,10 +2,10 @@
 
 ``engine.compiler`` turns a condition into nested closures: every ``and``,
 every check and every field read is a Python call, even when the field's
-value is already in the event's cache.  On a pod create that meets seven
-image rules, those calls were a third of the matching time.  Here a
-condition becomes the source of one function whose body is a single
-expression:
+value is already in the event's cache.  On a pod create that meets the
+seven image rules, running them with every field already cached took
+11.7 µs of the 33.5 µs their matching cost.  Here a condition becomes the
+source of one function whose body is a single expression:
 
 * a field value is read from the event's cache inline
   (``cache.get(key, MISSING)``), and its getter is called only on a miss;
@@ -64,7 +64,10 @@ def generate(node: Node, fields: FieldSet) -> Predicate | None:
         body = emitter.expression(node, 0)
     except (_Declined, RecursionError):
         return None
-    predicate: Predicate = _build(body, emitter.args)
+    try:
+        predicate: Predicate = _build(body, emitter.args)
+    except (SyntaxError, RecursionError, MemoryError):  # never expected: the closures still serve
+        return None
     return predicate
 
 

@@ -256,7 +256,7 @@ def set_predicate(items: Iterable[str]) -> ScalarPredicate:
 
 
 #: The strings a ``set_predicate`` admits, by predicate: what a string value
-#: is tested against, which ``compiler`` inlines (``text_set``).
+#: is tested against, which ``compiler`` and ``codegen`` inline (``text_set``).
 _TEXT_SETS: weakref.WeakKeyDictionary[Callable[..., bool], frozenset[str]] = weakref.WeakKeyDictionary()
 
 
