@@ -339,7 +339,11 @@ def compile_warnings(rs: RuleSet) -> list[str]:
 
 def test_exception_value_naming_a_field_warns() -> None:
     # test_rule_loader.cpp exceptions_values_rhs_field_ambiguous(_quoted, _space_quoted)
-    for value, shown in (("ka.target.name", "ka.target.name"), ('"ka.target.name "', "ka.target.name ")):
+    for value, shown in (
+        ("ka.target.name", "ka.target.name"),
+        ('"ka.target.name "', "ka.target.name "),
+        ('"ka.req.pod.containers.image[0]"', "ka.req.pod.containers.image[0]"),  # name[arg] too
+    ):
         rs = load(exception_rule(value))
         assert compile_warnings(rs) == [f"'{shown}' may be a valid field misused as a const string value"]
 

@@ -418,9 +418,40 @@ def test_rule_constants_share_one_predicate_while_rules_hold_it() -> None:
     text = "".join(rule.format(n=n, items=", ".join(registries)) for n in range(3))
     ruleset = load_rules_text([("shared.yaml", text)])
     assert [r.name for r in ruleset.rules] == ["R0", "R1", "R2"]
-    assert ("in", registries) in operators._SHARED
-    before = operators._SHARED[("in", registries)]
+    assert ("in", registries, None) in operators._SHARED
+    before = operators._SHARED[("in", registries, None)]
     assert operators.shared_predicate("in", registries) is before
     del ruleset, before
     gc.collect()
-    assert ("in", registries) not in operators._SHARED
+    assert ("in", registries, None) not in operators._SHARED
+
+
+def test_normalised_constants_are_normalised_once_and_shared() -> None:
+    """``pmatch`` on image names normalises every entry (``nginx`` is
+    ``docker.io/library/nginx``); rules sharing a list share that work and
+    its predicate, keyed by the list as written and the normaliser."""
+    import gc
+
+    from eventd import images
+    from eventd.engine import operators
+    from eventd.engine.loader import load_rules_text
+
+    prefixes = ("nginx", "myregistry.io", "gcr.io/my-project")
+    rule = """
+- rule: P{n}
+  desc: d
+  condition: ka.verb = create and not ka.req.pod.images.name pmatch ({items})
+  output: o
+  priority: INFO
+  source: k8s_audit
+"""
+    text = "".join(rule.format(n=n, items=", ".join(prefixes)) for n in range(2))
+    ruleset = load_rules_text([("shared.yaml", text)])
+    key = ("pmatch", prefixes, images.normalize_prefix)
+    shared = operators._SHARED[key]
+    assert operators.shared_predicate("pmatch", prefixes, images.normalize_prefix) is shared
+    assert shared("docker.io/library/nginx") and not shared("docker.io/library/nginx-evil")
+    assert ("pmatch", prefixes, None) not in operators._SHARED  # never built unnormalised
+    del ruleset, shared
+    gc.collect()
+    assert key not in operators._SHARED

@@ -377,17 +377,25 @@ def _value_warnings(op: str, rhs: str | tuple[str, ...], fields: FieldSet, opts:
     """libsinsp's ``check_value_and_add_warnings`` for each constant value."""
     if opts.notes is None:
         return
+    # The cheap tests below skip what cannot warn: a list of 10,000
+    # registries is checked on every rule that names it.
+    defs = fields.defs
     for value in rhs if isinstance(rhs, tuple) else (rhs,):
         if op == "regex" and _regex_is_simple(value):
             opts.note(WarningCode.LOAD_COMPILE_CONDITION, regex_simpler(value), pos)
         nospaces = "".join(value.split())
-        ref = _parse_lhs(nospaces)
-        # Declared fields only: a dotted constant (an image host) is not a Falco output key.
-        if ref is not None and not ref.transformers and ref.name in fields.defs:
-            opts.note(WarningCode.LOAD_COMPILE_CONDITION, field_misused(value), pos)
-        for t in (*sorted(TRANSFORMERS), "val"):
-            if len(nospaces) >= len(t) + 2 and nospaces.startswith(t + "(") and nospaces.endswith(")"):
-                opts.note(WarningCode.LOAD_COMPILE_CONDITION, transformer_misused(value), pos)
+        # A field reference without transformers is ``name`` or ``name[arg]``
+        # (``parse_lhs`` matches the whole text), so its name is what comes
+        # before any "[".  Declared fields only: a dotted constant (an image
+        # host) is not a Falco output key.
+        if nospaces.partition("[")[0] in defs:
+            ref = _parse_lhs(nospaces)
+            if ref is not None and not ref.transformers and ref.name in defs:
+                opts.note(WarningCode.LOAD_COMPILE_CONDITION, field_misused(value), pos)
+        if nospaces.endswith(")") and "(" in nospaces:
+            for t in (*sorted(TRANSFORMERS), "val"):
+                if len(nospaces) >= len(t) + 2 and nospaces.startswith(t + "("):
+                    opts.note(WarningCode.LOAD_COMPILE_CONDITION, transformer_misused(value), pos)
 
 
 def _regex_is_simple(v: str) -> bool:
@@ -446,10 +454,12 @@ def _constant_predicate(bound: BoundField, op: str, rhs: str | tuple[str, ...]) 
     """The predicate of ``op`` against a constant, normalised for the field;
     ``None`` for an empty list, which nothing matches.  One place for
     ``compile_check`` and ``value_test``, which must agree exactly."""
-    rhs = _normalise(bound, op, rhs)
     if isinstance(rhs, tuple) and not rhs:
         return None
-    return shared_predicate(op, rhs)
+    try:
+        return shared_predicate(op, rhs, _normaliser(bound, op))
+    except ValueError as exc:
+        raise FieldError(f"invalid value for field '{bound.token}': {exc}") from None
 
 
 def _present(value: Scalar | None) -> bool:
@@ -479,21 +489,16 @@ def _scalar_check(get: ScalarGetter, pred: ScalarPredicate) -> Predicate:
     return check
 
 
-def _normalise(bound: BoundField, op: str, rhs: str | tuple[str, ...]) -> str | tuple[str, ...]:
-    """Apply the field's ``rhs_normalizer`` to constants in its value space.
+def _normaliser(bound: BoundField, op: str) -> Callable[[str], str] | None:
+    """The field's ``rhs_normalizer``, for constants in its value space.
 
     Only for the field's own values: a transformer (``tolower(f)``) changes
     the value space and the constants are then taken as written.
     """
     normalise = bound.defn.rhs_normalizer
     if normalise is None or not bound.plain or op not in NORMALISED_OPS:
-        return rhs
-    try:
-        if isinstance(rhs, tuple):
-            return tuple(normalise(item) for item in rhs)
-        return normalise(rhs)
-    except ValueError as exc:
-        raise FieldError(f"invalid value for field '{bound.token}': {exc}") from None
+        return None
+    return normalise
 
 
 def _field_comparison(op: str, lhs: BoundField, rhs: BoundField, lhs_list: bool) -> Predicate:
