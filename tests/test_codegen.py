@@ -132,13 +132,13 @@ def test_the_rule_index_offers_generated_predicates():
     ruleset = load_rules_text([("rules.yaml", RULES)])
     index = RuleIndex(ruleset.rules, _audit_fields())
     # Before any event, nothing is generated (start-up pays nothing).
-    assert not index._fast
+    assert not index._entries
     ((rule, predicate),) = index.candidates_for(
         *_route(index, {"ka.verb": "create", "ka.target.resource": "pods", "ka.user.name": "dev-1"})
     )
     assert rule.name == "pods created"
     assert predicate.__code__.co_filename == "<eventd condition>"
-    assert index._fast
+    assert index._entries
 
 
 def _audit_fields():
@@ -151,3 +151,16 @@ def _route(index: RuleIndex, values: dict[str, str]) -> tuple[tuple, tuple]:
     names = [f.ref.name for f in index.fields]
     ordered = tuple(values.get(n) for n in names)
     return ordered[: index.memo_width], ordered[index.memo_width :]
+
+
+def test_the_rule_index_falls_back_to_the_closures(monkeypatch):
+    import eventd.engine.index as index_module
+
+    monkeypatch.setattr(index_module, "generate", lambda node, fields: None)  # as for a declined condition
+    index = RuleIndex(load_rules_text([("rules.yaml", RULES)]).rules, _audit_fields())
+    route = {"ka.verb": "create", "ka.target.resource": "pods", "ka.user.name": "dev-1"}
+    ((rule, predicate),) = index.candidates_for(*_route(index, route))
+    assert rule.name == "pods created"
+    assert predicate.__code__.co_filename != "<eventd condition>"
+    assert predicate(Event("k8s_audit", {"auditID": "a", "user": {"username": "dev-1"}})) is True
+    assert predicate(Event("k8s_audit", {"auditID": "a", "user": {"username": "ops"}})) is False

@@ -249,22 +249,18 @@ class RuleIndex:
         # Cast: ``indexable`` fields are single-valued text (``FieldDef.indexable``).
         self._getters = tuple(cast("Callable[[Event], str | None]", f.get) for f in self.fields)
         self._allowed = [tuple(r.get(n) for n in low) for r in reqs]
-        residuals = [
-            residual_condition(r.condition, req, indexable) for r, req in zip(self.rules, reqs, strict=True)
-        ]
-        self._entries: tuple[_Entry, ...] = tuple(
+        #: Per rule: what is left of its condition to test (``None``:
+        #: nothing), and its needs on the per-candidate fields.
+        self._needs: tuple[tuple[Node | None, tuple[_Check, ...], tuple[_Test, ...]], ...] = tuple(
             (
-                rule,
-                _residual_predicate(rule, rest, fields),
+                residual_condition(rule.condition, req, indexable),
                 tuple((i, req[n]) for i, n in enumerate(high) if n in req),
                 tuple((i, test) for i, n in enumerate(high) for test in test_map.get(n, ())),
             )
-            for rule, rest, req, test_map in zip(self.rules, residuals, reqs, tests, strict=True)
+            for rule, req, test_map in zip(self.rules, reqs, tests, strict=True)
         )
-        #: What is left of each rule's condition to test (``None``: nothing).
-        self._residuals = tuple(residuals)
-        #: Entries whose residual predicate was generated (``_generated``), by position.
-        self._fast: dict[int, _Entry] = {}
+        #: Entries with their residual predicate, made when first offered (``_entry``).
+        self._entries: dict[int, _Entry] = {}
         self.memo: dict[tuple[object, ...], _Bucket] = {}
 
     def admitted(self, name: str) -> frozenset[str | None] | None:
@@ -293,23 +289,25 @@ class RuleIndex:
                 self.memo.clear()
             known = dict(zip(self._memo_names, key, strict=True))
             found = self.memo[key] = _Bucket(
-                self._generated(i)
-                for i, (entry, allowed) in enumerate(zip(self._entries, self._allowed, strict=True))
+                self._entry(i)
+                for i, (rule, allowed) in enumerate(zip(self.rules, self._allowed, strict=True))
                 if all(a is None or v in a for a, v in zip(allowed, key, strict=True))
-                and self._verdict(entry[0].condition, known) is not False
+                and self._verdict(rule.condition, known) is not False
             )
         return found
 
-    def _generated(self, position: int) -> _Entry:
-        """Entry ``position`` with its residual predicate as generated code
-        (``engine.codegen``), made the first time a bucket offers the rule:
-        start-up pays nothing for it, and rules no event reaches never."""
-        entry = self._fast.get(position)
+    def _entry(self, position: int) -> _Entry:
+        """Rule ``position`` with its residual predicate, made the first time
+        a bucket offers the rule: generated code (``engine.codegen``), else
+        the closures.  Start-up pays nothing for it, and rules no event
+        reaches never."""
+        entry = self._entries.get(position)
         if entry is None:
-            rule, predicate, checks, tests = self._entries[position]
-            rest = self._residuals[position]
+            rule = self.rules[position]
+            rest, checks, tests = self._needs[position]
             generated = None if rest is None else generate(rest, self._fields_set)
-            entry = self._fast[position] = (rule, generated or predicate, checks, tests)
+            predicate = generated or _residual_predicate(rule, rest, self._fields_set)
+            entry = self._entries[position] = (rule, predicate, checks, tests)
         return entry
 
     def _verdict(self, node: Node, known: dict[str, str | None]) -> bool | None:
