@@ -190,6 +190,30 @@ def test_images_cover_every_container_kind_in_order():
     assert get("ka.req.pod.images.name", audit({"containers": []})) is None
 
 
+def test_unpinned_pull_policy_pairs_each_policy_with_its_own_image():
+    spec = {
+        "containers": [
+            {"name": "pinned", "image": f"nginx@{DIGEST}", "imagePullPolicy": "IfNotPresent"},
+            {"name": "tagged", "image": "nginx:1.27", "imagePullPolicy": "Always"},
+            {"name": "default", "image": "redis"},
+            {"name": "broken", "image": "NGINX", "imagePullPolicy": "Never"},
+        ],
+        "initContainers": [{"name": "init", "image": f"alpine@{DIGEST}", "imagePullPolicy": "Never"}],
+    }
+    doc = audit(spec, {"containers": [{"image": f"nginx@{DIGEST}", "imagePullPolicy": "Never"}]})
+    # The pinned container is left out; an unset policy is "" (invalid images count as unpinned).
+    assert get("ka.req.pod.containers.unpinned_pull_policy", doc) == ("Always", "", "Never")
+    assert get("ka.req.pod.containers.unpinned_pull_policy", doc, "0") is None
+    assert get("ka.req.pod.containers.unpinned_pull_policy", doc, "1") == ("Always",)
+    assert get("ka.req.pod.containers.unpinned_pull_policy", doc, "2") == ("",)
+    assert get("ka.req.pod.containers.unpinned_pull_policy", doc, "9") is None
+    assert get("ka.req.pod.initContainers.unpinned_pull_policy", doc) is None  # every one pinned
+    assert get("ka.req.pod.ephemeralContainers.unpinned_pull_policy", doc) is None
+    assert get("ka.resp.pod.containers.unpinned_pull_policy", doc) is None
+    one = audit({"containers": [{"image": "a"}]})
+    assert get("ka.req.pod.containers.unpinned_pull_policy", one, "0") == ("",)
+
+
 def test_response_twins_read_the_admitted_object():
     request = {"containers": [{"name": "app", "image": "nginx:1.27"}]}
     response = {"containers": [{"name": "app", "image": f"docker.io/library/nginx:1.27@{DIGEST}"}]}

@@ -41,9 +41,11 @@ from eventd.engine.fields.jsonfields import to_text
 from eventd.engine.fields.k8saudit import (
     ALL,
     CONTAINER_FAMILIES,
+    SKIP,
     at,
     audited,
     per_item,
+    pull_policy,
     repository,
 )
 from eventd.engine.fields.podspec import request_pod_spec, response_pod_spec
@@ -138,6 +140,24 @@ def _image_text(container: Any) -> str:
     return ""
 
 
+_PINNED = row_position("pinned")
+
+
+def _unpinned_pull_policy(container: Any, _node: Any) -> tuple[str, ...] | None:
+    """Picker: the container's imagePullPolicy (``""`` when unset) if its
+    image is not pinned by digest; nothing for a pinned one.
+
+    Why a field of its own: "cached pull policy" and "not pinned" are both
+    properties of one container, and Falco's language cannot pair two list
+    fields element by element.  ``policies intersects (IfNotPresent) and not
+    pinned in (true)`` also fires for a pinned IfNotPresent container next
+    to an unpinned Always one; this field keeps the pair together.
+    """
+    if image_row(_image_text(container))[_PINNED] == "true":
+        return None
+    return pull_policy(container, _node)
+
+
 def _family_rows(
     spec_of: Callable[[Event], Any], family: str, cache_key: object
 ) -> Callable[[Event], Rows | None]:
@@ -224,6 +244,16 @@ def _k8s_fields() -> list[FieldDef]:
             prefix = f"ka.{side}.pod.{family}.image"
             what = f"{side_desc} {family} images"
             out += _attr_defs(prefix, what, rows)
+            out.append(
+                FieldDef(
+                    f"ka.{side}.pod.{family}.unpinned_pull_policy",
+                    f"{side_desc} {family}: the imagePullPolicy ('' if unset) of each container"
+                    " whose image is not pinned by digest.",
+                    per_item(spec_of, family, _unpinned_pull_policy, SKIP),
+                    is_list=True,
+                    arg=ArgKind.INDEX,
+                )
+            )
             if side == "resp":  # the request twins of these two are k8saudit fields
                 out += [
                     FieldDef(

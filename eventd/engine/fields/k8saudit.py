@@ -237,7 +237,8 @@ def _effective(key: str) -> Pick:
     return pick
 
 
-def _pull_policy(item: Any, _node: Any) -> tuple[str, ...]:
+def pull_policy(item: Any, _node: Any) -> tuple[str, ...]:
+    """Picker: the container's imagePullPolicy, ``""`` when unset."""
     v = walk(item, ("imagePullPolicy",))
     return ("",) if v is MISSING else (to_text(v),)
 
@@ -654,7 +655,7 @@ def _container_fields(family: str) -> list[FieldDef]:
             SKIP,
             "the added capabilities, one per value",
         ),
-        ("image_pull_policy", _pull_policy, ALIGNED, "the imagePullPolicy of each container ('' if unset)"),
+        ("image_pull_policy", pull_policy, ALIGNED, "the imagePullPolicy of each container ('' if unset)"),
     ]
     return [
         FieldDef(f"{prefix}.{suffix}", f"{family}: {desc}.", per_item(_pod, family, pick, mode), **_LI)
