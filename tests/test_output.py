@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventd.engine.errors import FieldError, RuleError
 from eventd.engine.fields import default_registry
@@ -267,7 +270,7 @@ def test_format_errors_are_whole_messages(fmt: str, message: str) -> None:
 
 
 def test_values_come_from_the_event_cache_first_and_fill_it() -> None:
-    # Rendering reads through one generated function (``codegen.generate_reads``):
+    # Rendering reads through one generated function (``codegen.generate_render``):
     # a value already in the event's cache is used as it is, a missing one
     # is extracted once and stays there for the next reader.
     fmt = OutputFormat.compile("s=%t.str l=%t.list k=%t.key[a]", FIELDS)
@@ -284,6 +287,57 @@ def test_outputs_with_more_tokens_than_a_generated_function_takes(monkeypatch) -
     import eventd.engine.output as output
 
     monkeypatch.setattr(output, "MAX_CHECKS", 2)
-    text, fields = render("%t.str %t.int %t.bool", s="x", i=1, b=False)
-    assert text == "x 1 false"
+    text, fields = render("%t.str %t.int %t.bool %3t.str", s="x", i=1, b=False)
+    assert text == "x 1 false x  "
     assert fields == {"t.str": "x", "t.int": 1, "t.bool": False}
+
+
+_TOKENS = (
+    "%t.str",
+    "%t.int",
+    "%t.bool",
+    "%t.list",
+    "%t.key[a]",
+    "%toupper(t.str)",
+    "%len(t.list)",
+    "%t.strlong",
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.sampled_from(_TOKENS).flatmap(
+                lambda token: st.sampled_from(["", "0", "1", "3", "12"]).map(lambda w: "%" + w + token[1:])
+            ),
+            st.text(alphabet="ab =()[]<>,.:\n\"'", min_size=1, max_size=6),
+        ),
+        max_size=8,
+    ),
+    doc=st.fixed_dictionaries(
+        {},
+        optional={
+            "s": st.one_of(st.none(), st.text(max_size=5)),
+            "long": st.text(max_size=5),
+            "i": st.one_of(st.integers(-5, 5), st.booleans()),
+            "b": st.booleans(),
+            "l": st.lists(st.text(max_size=3), max_size=3),
+            "m": st.fixed_dictionaries({}, optional={"a": st.text(max_size=3)}),
+        },
+    ),
+)
+def test_generated_render_equals_the_value_by_value_render(parts: list[str], doc: dict) -> None:
+    """The generated renderer against the plain one it replaces (kept for
+    outputs with more tokens than a generated function takes), on random
+    formats with widths, repeated tokens and transformers, cold and cached."""
+    import eventd.engine.output as output
+
+    text = " ".join(parts) or "x"
+    generated = OutputFormat.compile(text, FIELDS)
+    with mock.patch.object(output, "MAX_CHECKS", -1):
+        plain = OutputFormat.compile(text, FIELDS)
+        expected = plain.render(Event("test", doc))
+    event = Event("test", doc)
+    assert generated.render(event) == expected
+    assert generated.render(event) == expected  # every value now from the cache

@@ -71,14 +71,37 @@ def generate(node: Node, fields: FieldSet) -> Predicate | None:
     return predicate
 
 
-def generate_reads(fields: Sequence[BoundField]) -> Callable[[Event], list[Extracted]]:
-    """One function giving the values of ``fields`` for an event, in order:
-    what an output renders, each read from the event's cache inline."""
+def generate_render(
+    fields: Sequence[BoundField],
+    keys: Sequence[str],
+    template: str,
+    show: Callable[[Extracted], str],
+    widths: Sequence[int],
+    pad: Callable[[str, int], str],
+) -> Callable[[Event], tuple[str, dict[str, Any]]]:
+    """One function giving an output's text and its ``output_fields`` for an
+    event (``engine.output.OutputFormat.render``).
+
+    Each value is read once (inline, from the event's cache) into a local
+    ``vN``; the text is ``template % (...)`` of the values shown (a string
+    as it is, anything else through ``show``, then through ``pad`` when the
+    token has a width), and the fields dict is written as a literal keyed by
+    ``keys`` (the tokens as written), lists for tuples.  Rendering an alert thus makes
+    no intermediate lists and no call per value.
+    """
     emitter = _Arguments()
-    reads: Callable[[Event], list[Extracted]] = _build(
-        "[" + ", ".join(emitter.read(bound, i) for i, bound in enumerate(fields)) + "]", emitter.args
-    )
-    return reads
+    to_list, a_tuple, shown = emitter._arg(list), emitter._arg(tuple), emitter._arg(show)
+    padded = emitter._arg(pad)
+    texts, entries = [], []
+    for i, (bound, token, width) in enumerate(zip(fields, keys, widths, strict=True)):
+        v = f"v{i}"
+        text = f"({v} if ({v} := {emitter.read(bound, i)}).__class__ is str else {shown}({v}))"
+        texts.append(f"{padded}({text}, {emitter._arg(width)})" if width else text)
+        key = emitter._arg(token)
+        entries.append(f"{key}: ({to_list}({v}) if {v}.__class__ is {a_tuple} else {v})")
+    body = f"({emitter._arg(template)} % ({', '.join(texts)},), {{{', '.join(entries)}}})"
+    render: Callable[[Event], tuple[str, dict[str, Any]]] = _build(body, emitter.args)
+    return render
 
 
 def _build(body: str, args: list[object]) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eventd.engine.ast import TRANSFORMERS, FieldRef
-from eventd.engine.codegen import MAX_CHECKS, generate_reads
+from eventd.engine.codegen import MAX_CHECKS, generate_render
 from eventd.engine.errors import FieldError, RuleError
 from eventd.engine.fields.base import BoundField, Extracted, FieldSet
 from eventd.events.model import Event
@@ -52,6 +52,11 @@ def value_text(value: Extracted) -> str:
     return str(value)
 
 
+def padded(text: str, width: int) -> str:
+    """A ``%<width>field`` value: cut or padded with spaces to ``width``."""
+    return text[:width].ljust(width)
+
+
 class OutputFormat:
     """A compiled output format.  Immutable once compiled.
 
@@ -59,7 +64,7 @@ class OutputFormat:
     printf-style template (``%`` doubled) and the values are put in by C.
     """
 
-    __slots__ = ("_bound", "_padded", "_read", "_template", "text", "tokens")
+    __slots__ = ("_bound", "_render", "_template", "_widths", "text", "tokens")
 
     def __init__(self, text: str, parts: tuple[tuple[str, BoundField | None, int], ...]) -> None:
         self.text = text
@@ -67,10 +72,10 @@ class OutputFormat:
         #: The text as written of each field token, in order (``output_fields`` keys).
         self.tokens: tuple[str, ...] = tuple(token for token, _, _ in fields)
         self._bound = tuple(bound for _, bound, _ in fields)
-        #: Reads every token's value (``codegen.generate_reads``), made at the first render.
-        self._read: Callable[[Event], list[Extracted]] | None = None
-        #: ``(position, width)`` of tokens with a ``%<width>`` (rare).
-        self._padded = tuple((i, width) for i, (_, _, width) in enumerate(fields) if width)
+        #: Each token's ``%<width>``, 0 when it has none (most).
+        self._widths = tuple(width for _, _, width in fields)
+        #: Renders text and fields (``codegen.generate_render``), made at the first render.
+        self._render: Callable[[Event], tuple[str, dict[str, Any]]] | None = None
         self._template = "".join(
             token.replace("%", "%%") if bound is None else "%s" for token, bound, _ in parts
         )
@@ -119,29 +124,33 @@ class OutputFormat:
 
     def render(self, event: Event) -> tuple[str, dict[str, Any]]:
         """The output line for ``event`` and its ``output_fields`` (a fresh dict)."""
-        read = self._read
-        if read is None:
-            read = self._read = _reader(self._bound)
-        values = read(event)
-        # Most values are strings, which print as they are: no call for them.
-        shown = [v if v.__class__ is str else value_text(v) for v in values]
-        for i, width in self._padded:
-            shown[i] = shown[i][:width].ljust(width)
-        fields = dict(zip(self.tokens, [list(v) if type(v) is tuple else v for v in values], strict=True))
-        return self._template % tuple(shown), fields
+        render = self._render
+        if render is None:
+            render = self._render = self._renderer()
+        return render(event)
+
+    def _renderer(self) -> Callable[[Event], tuple[str, dict[str, Any]]]:
+        """One generated function (``codegen.generate_render``), made at the
+        first render; an output with more tokens than a generated function
+        takes is rendered value by value."""
+        if not self._bound:
+            text = self._template % ()
+            return lambda _event: (text, {})
+        if len(self._bound) <= MAX_CHECKS:
+            return generate_render(self._bound, self.tokens, self._template, value_text, self._widths, padded)
+        getters = tuple(b.get for b in self._bound)
+
+        def render(event: Event) -> tuple[str, dict[str, Any]]:
+            values = [get(event) for get in getters]
+            widths = zip(values, self._widths, strict=True)
+            shown = [padded(value_text(v), w) if w else value_text(v) for v, w in widths]
+            fields = dict(zip(self.tokens, [list(v) if type(v) is tuple else v for v in values], strict=True))
+            return self._template % tuple(shown), fields
+
+        return render
 
     def __repr__(self) -> str:
         return f"OutputFormat({self.text!r})"
-
-
-def _reader(bound: tuple[BoundField, ...]) -> Callable[[Event], list[Extracted]]:
-    """One generated function reading every value (see ``engine.codegen``);
-    an output with more tokens than a generated function takes is read
-    getter by getter."""
-    if len(bound) > MAX_CHECKS:
-        getters = tuple(b.get for b in bound)
-        return lambda event: [get(event) for get in getters]
-    return generate_reads(bound)
 
 
 def _parse_token(text: str, pos: int, fields: FieldSet) -> tuple[FieldRef, int]:

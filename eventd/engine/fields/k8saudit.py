@@ -159,6 +159,16 @@ def per_item(base: Base, array_key: str, pick: Pick, mode: str = SKIP) -> TextLi
 
 def at(*keys: str) -> Pick:
     """Picker: the text of ``item/keys``."""
+    if len(keys) == 1:  # ``name``, ``image``: one lookup, no walk (runs per container)
+        (key,) = keys
+
+        def pick_one(item: Any, _node: Any) -> tuple[str, ...] | None:
+            v = item.get(key, MISSING) if type(item) is dict else MISSING
+            if v.__class__ is str:
+                return (v,)
+            return None if v is MISSING else (to_text(v),)
+
+        return pick_one
 
     def pick(item: Any, _node: Any) -> tuple[str, ...] | None:
         v = walk(item, keys)
@@ -239,8 +249,10 @@ def _effective(key: str) -> Pick:
 
 def pull_policy(item: Any, _node: Any) -> tuple[str, ...]:
     """Picker: the container's imagePullPolicy, ``""`` when unset."""
-    v = walk(item, ("imagePullPolicy",))
-    return ("",) if v is MISSING else (to_text(v),)
+    return _pick_pull_policy(item, _node) or ("",)
+
+
+_pick_pull_policy = at("imagePullPolicy")
 
 
 def _volume_types(item: Any, _node: Any) -> tuple[str, ...] | None:
