@@ -32,6 +32,7 @@ import io
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -39,7 +40,7 @@ from msgspec import Struct, field
 
 from eventd.alerts import Alert, build_alert
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
-from eventd.engine.index import Route
+from eventd.engine.index import Prefilter, Route
 from eventd.engine.matcher import Matcher
 from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_document
@@ -116,6 +117,7 @@ class Scanner:
         min_priority: Priority = Priority.DEBUG,
         hostname: str = "",
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        prefilter_process: bool | None = None,
     ) -> None:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be positive, not {max_line_bytes}")
@@ -126,6 +128,9 @@ class Scanner:
         self.min_priority = min_priority
         self.hostname = hostname
         self.max_line_bytes = max_line_bytes
+        #: Read and prefilter files in a second process (``eventd.prefilter_process``):
+        #: True, False, or None for when it pays (``prefilter_process.worthwhile``).
+        self.prefilter_process = prefilter_process
         self.stats = ScanStats()
         self._good = 0  # lines of the current input that decoded
         self._bad = 0  # lines of the current input that did not
@@ -134,13 +139,28 @@ class Scanner:
     def scan_path(self, path: str, progress: Callable[[int], None] | None = None) -> None:
         stream, raw = open_input(path)
         try:
-            if raw.seekable():
+            if raw.seekable() and self._in_two_processes(raw):
+                from eventd.prefilter_process import PrefilterProcess
+
+                judge = PrefilterProcess(stream, raw, self.prefilter, BLOCK_BYTES, self.max_line_bytes)
+                with judge:
+                    self.scan_judged(judge, path, progress)
+            elif raw.seekable():
                 self.scan_file(stream, path, progress=progress, raw=raw)
             else:  # a pipe: one line at a time, so alerts are not held back waiting for input
                 self.scan_stream(stream, path)
         finally:
             if path != "-":
                 raw.close()
+
+    def _in_two_processes(self, raw: BinaryIO) -> bool:
+        if self.prefilter is None or self.prefilter_process is False:
+            return False
+        if self.prefilter_process:
+            return True
+        from eventd.prefilter_process import worthwhile
+
+        return worthwhile(raw)
 
     def scan_file(
         self,
@@ -151,41 +171,31 @@ class Scanner:
         raw: BinaryIO | None = None,
         block_size: int = BLOCK_BYTES,
     ) -> None:
-        """Scan a whole file a block of lines at a time.
+        """Scan a whole file a block of lines at a time (``judge_blocks``:
+        with the prefilter, only the lines some rule may match are parsed)."""
+        judged = judge_blocks(stream, self.prefilter, block_size, self.max_line_bytes)
+        positions = None if progress is None or raw is None else raw.tell
+        self.scan_judged(((block, positions() if positions else 0) for block in judged), name, progress)
 
-        With the prefilter, each block is first judged whole
-        (``Prefilter.select_block``): one decode of every line's routing
-        header, and only the lines some rule may match are decoded in full.
-        A block it cannot judge (a broken line, a Falco alert, an
-        ``EventList``...) goes line by line, as does the rest of an input
-        where that keeps happening.
-        """
+    def scan_judged(
+        self, judged: Iterable[tuple[Judged, int]], name: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Parse what ``judge_blocks`` kept of an input, block by block, each
+        with the input's position after it (for ``progress``), here or from
+        the prefilter process (``eventd.prefilter_process``)."""
         self._begin_input()
-        select_block = self.prefilter.select_block if self.prefilter is not None else None
-        misses = 0  # blocks in a row that select_block could not judge
         first = 1  # line number of the block's first line
-        for block in _blocks(stream, block_size, self.max_line_bytes):
+        for block, position in judged:
             if block is None:
                 self._too_long(name, first)
                 first += 1
-            elif not block.endswith(b"\n"):  # the input's unterminated last line
-                first += self._scan_chunk([block], first, name)
             else:
-                routed = select_block(block) if select_block is not None else None
-                if routed is None:
-                    if select_block is not None:
-                        misses += 1
-                        if misses >= BLOCK_MISSES_BEFORE_LINES:
-                            select_block = None
-                    first += self._scan_chunk(io.BytesIO(block).readlines(), first, name)
-                else:
-                    misses = 0
-                    count, wanted, routes = routed
-                    kept = zip(wanted, _lines_at(block, wanted), routes, strict=True)
-                    self._parse_kept(kept, count, first, name)
-                    first += count
-            if progress is not None and raw is not None:
-                progress(raw.tell())
+                count, wanted, lines, routes = block
+                kept = zip(wanted, lines, [None] * len(wanted) if routes is None else routes, strict=True)
+                self._parse_kept(kept, count, first, name)
+                first += count
+            if progress is not None:
+                progress(position)
         self._end_input(name)
 
     def scan_stream(self, stream: BinaryIO, name: str) -> None:
@@ -219,15 +229,9 @@ class Scanner:
 
     def _scan_chunk(self, chunk: list[bytes], first: int, name: str) -> int:
         """Scan lines numbered from ``first``; return how many there were."""
-        skippable = self.prefilter.skippable if self.prefilter is not None else None
-        if skippable is None:
-            self._parse_kept(((i, line, None) for i, line in enumerate(chunk)), len(chunk), first, name)
-        else:
-            # A comprehension, not a loop of statements: this line runs once
-            # per input line and most lines end here.
-            wanted = [i for i, line in enumerate(chunk) if not skippable(line)]
-            self._parse_kept(((i, chunk[i], None) for i in wanted), len(chunk), first, name)
-        return len(chunk)
+        count, wanted, lines, _ = _judge_lines(chunk, self.prefilter)
+        self._parse_kept(zip(wanted, lines, repeat(None)), count, first, name)
+        return count
 
     def _parse_kept(
         self, kept: Iterable[tuple[int, bytes, Route | None]], count: int, first: int, name: str
@@ -302,6 +306,62 @@ class Scanner:
         self.stats.reject_reasons[err.reason] += 1
         if self.on_reject is not None:
             self.on_reject(name, lineno, str(err))
+
+
+#: What ``judge_blocks`` says of a block of lines: ``(count, wanted, lines,
+#: routes)``, how many lines it holds, the indices of those to parse, those
+#: lines, and their ``Route`` from the block's headers (or ``None``); or
+#: ``None`` for a line skipped as too long.
+JudgedBlock = tuple[int, list[int], list[bytes], list[Route] | None]
+Judged = JudgedBlock | None
+
+
+def judge_blocks(
+    stream: BinaryIO,
+    prefilter: Prefilter | None,
+    block_size: int = BLOCK_BYTES,
+    max_line: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Judged]:
+    """The blocks of a file (``_blocks``), each with the lines some rule may match.
+
+    With the prefilter, each block is first judged whole
+    (``Prefilter.select_block``): one decode of every line's routing
+    header, and only the lines some rule may match are kept.  A block it
+    cannot judge (a broken line, a Falco alert, an ``EventList``...) goes
+    line by line (``Prefilter.skippable``), as does the rest of an input
+    where that keeps happening.  Without it, every line is kept.
+
+    Only the prefilter's fixed tables decide, never what earlier lines
+    held, so this can run in another process (``eventd.prefilter_process``).
+    """
+    select_block = prefilter.select_block if prefilter is not None else None
+    misses = 0  # blocks in a row that select_block could not judge
+    for block in _blocks(stream, block_size, max_line):
+        if block is None:
+            yield None
+            continue
+        routed = select_block(block) if select_block is not None and block.endswith(b"\n") else None
+        if routed is not None:
+            misses = 0
+            count, wanted, routes = routed
+            yield count, wanted, _lines_at(block, wanted), routes
+            continue
+        if select_block is not None and block.endswith(b"\n"):
+            misses += 1
+            if misses >= BLOCK_MISSES_BEFORE_LINES:
+                select_block = None
+        yield _judge_lines(io.BytesIO(block).readlines(), prefilter)
+
+
+def _judge_lines(chunk: list[bytes], prefilter: Prefilter | None) -> JudgedBlock:
+    """``judge_blocks``'s verdict on lines judged one by one."""
+    if prefilter is None:
+        return len(chunk), list(range(len(chunk))), chunk, None
+    skippable = prefilter.skippable
+    # A comprehension, not a loop of statements: this line runs once per
+    # input line and most lines end here.
+    wanted = [i for i, line in enumerate(chunk) if not skippable(line)]
+    return len(chunk), wanted, [chunk[i] for i in wanted], None
 
 
 def _blocks(

@@ -3,7 +3,8 @@
 ``Scanner.scan_file`` reads blocks, lets ``Prefilter.select_block`` judge
 each one whole, and falls back to line-by-line scanning for the blocks it
 refuses.  The differential tests compare its alerts, rejected lines and
-counters with line-by-line scanning (prefilter on), with a stream read a
+counters with the same judged in a forked child (``eventd.prefilter_process``),
+with line-by-line scanning (prefilter on), with a stream read a
 bounded line at a time (a pipe) and with decoding every line (prefilter
 off); with a small ``max_line_bytes``, every way skips and reports the same
 too-long lines.
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventd.engine.loader import load_rules
+from eventd.prefilter_process import PrefilterProcess
 from eventd.rulepacks import builtin_rule_files
 from eventd.scanner import (
     BLOCK_MISSES_BEFORE_LINES,
@@ -120,6 +122,10 @@ def _run(
     try:
         if how == "blocks":
             scanner.scan_file(io.BytesIO(data), "test", block_size=block_size)
+        elif how == "process":  # read and judged in a forked child (eventd.prefilter_process)
+            stream = io.BytesIO(data)
+            with PrefilterProcess(stream, stream, scanner.prefilter, block_size, max_line) as judged:
+                scanner.scan_judged(judged, "test")
         elif how == "stream":
             scanner.scan_stream(io.BytesIO(data), "test")
         else:
@@ -136,16 +142,20 @@ def _run(
     }
 
 
+def _without_counts(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("counts", "skipped")}
+
+
 def _same_as_lines(
     data: bytes, block_size: int = 512, max_line: int = DEFAULT_MAX_LINE_BYTES
 ) -> dict[str, Any]:
-    blocks, lines, stream, full = (
+    blocks, process, lines, stream, full = (
         _run(data, how, block_size=block_size, max_line=max_line)
-        for how in ("blocks", "lines", "stream", "no-prefilter")
+        for how in ("blocks", "process", "lines", "stream", "no-prefilter")
     )
     if blocks["verdict"] != "audit data":  # gave up: how far each got in counting does not matter
-        for result in (blocks, lines, stream):
-            del result["counts"], result["skipped"]
+        blocks, process, lines, stream = map(_without_counts, (blocks, process, lines, stream))
+    assert process == blocks
     assert blocks == lines
     assert stream == lines
     assert blocks["alerts"] == full["alerts"]

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from eventd.cli.common import (
 from eventd.engine.ruleset import RULE_MATCHING
 from eventd.events import redact
 from eventd.gctune import tune_after_startup
+from eventd.prefilter_process import MIN_BYTES
 from eventd.priority import Priority
 from eventd.scanner import DEFAULT_MAX_LINE_BYTES, NotAuditData, Scanner, ScanStats
 
@@ -79,6 +81,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_rule_options(p)
     add_falco_strict(p)
     p.add_argument("--no-prefilter", action="store_true", help="parse and validate every line (slower)")
+    p.add_argument(
+        "--prefilter-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read and prefilter each file in a second process while this one matches "
+        f"(default: for files of {MIN_BYTES >> 20} MB or more, when a second CPU is free)",
+    )
     p.add_argument(
         "--max-line-bytes",
         type=_line_bytes,
@@ -167,12 +176,14 @@ def run(args: argparse.Namespace) -> int:
         min_priority=args.min_priority,
         hostname=args.hostname or os.uname().nodename,  # gethostname(), without importing socket
         max_line_bytes=args.max_line_bytes,
+        prefilter_process=args.prefilter_process,
     )
     status = EXIT_OK
     interactive = sys.stderr.isatty()
     sizes = {f: _size(f) for f in args.files}
     total = sum(sizes.values())
     progress = _progress_bar() if interactive and total >= PROGRESS_MIN_BYTES else None
+    redraw = _Redraw()
     with progress or contextlib.nullcontext():
         done = 0
         for path in args.files:
@@ -183,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
 
                 def report(pos: int, task=task, base=base) -> None:
                     progress.update(task, completed=base + pos)
+                    redraw.maybe(progress)
 
             try:
                 scanner.scan_path(path, progress=report)
@@ -225,7 +237,25 @@ def _progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
+        # Redrawn by ``_Redraw``, not by rich's own thread: a scan that has
+        # a thread does not fork its prefilter process (prefilter_process.worthwhile).
+        auto_refresh=False,
     )
+
+
+class _Redraw:
+    """Redraws the progress bar at most ``PER_SECOND`` times a second."""
+
+    PER_SECOND = 10
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def maybe(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 1 / self.PER_SECOND
+            progress.refresh()
 
 
 def _print_summary(stats: ScanStats) -> None:
