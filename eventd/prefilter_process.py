@@ -31,11 +31,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from eventd.engine.index import Prefilter
+from eventd.scanner import PREFILTER_PROCESS_MIN_BYTES as MIN_BYTES
 from eventd.scanner import Judged, judge_blocks
-
-#: Smallest input worth a second process: forking and the pipe cost a few
-#: milliseconds, which a file this size repays.
-MIN_BYTES = 8 << 20
 
 _HEADER = 8  # bytes of a frame's length
 _BLOCK, _END, _ERROR = 0, 1, 2
@@ -75,7 +72,12 @@ class PrefilterProcess:
         self, stream: BinaryIO, raw: BinaryIO, prefilter: Prefilter | None, block_size: int, max_line: int
     ) -> None:
         read_end, write_end = os.pipe()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         if self.pid == 0:  # the child: never returns
             os.close(read_end)
             _child(stream, raw, prefilter, block_size, max_line, write_end)

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from msgspec import Struct, field
 
@@ -46,6 +46,9 @@ from eventd.engine.ruleset import RuleSet
 from eventd.events.decode import decode_document
 from eventd.events.errors import DecodeError
 from eventd.priority import Priority
+
+if TYPE_CHECKING:  # imported when a file is large enough to use it
+    from eventd.prefilter_process import PrefilterProcess
 
 _GZIP_MAGIC = b"\x1f\x8b"
 #: An input whose first this-many documents are all rejected is not audit
@@ -66,6 +69,9 @@ BLOCK_MISSES_BEFORE_LINES = 3
 #: ``sources.audit_log.max_line_bytes``, so that a scan of a log skips the
 #: lines the daemon following it would skip.
 DEFAULT_MAX_LINE_BYTES = 262144
+#: Smallest file read and prefiltered in a second process (``eventd.prefilter_process``):
+#: forking and the pipe cost a few milliseconds, which a file this size repays.
+PREFILTER_PROCESS_MIN_BYTES = 8 << 20
 
 
 class NotAuditData(Exception):
@@ -139,10 +145,8 @@ class Scanner:
     def scan_path(self, path: str, progress: Callable[[int], None] | None = None) -> None:
         stream, raw = open_input(path)
         try:
-            if raw.seekable() and self._in_two_processes(raw):
-                from eventd.prefilter_process import PrefilterProcess
-
-                judge = PrefilterProcess(stream, raw, self.prefilter, BLOCK_BYTES, self.max_line_bytes)
+            judge = self._prefilter_process(stream, raw) if raw.seekable() else None
+            if judge is not None:
                 with judge:
                     self.scan_judged(judge, path, progress)
             elif raw.seekable():
@@ -153,14 +157,19 @@ class Scanner:
             if path != "-":
                 raw.close()
 
-    def _in_two_processes(self, raw: BinaryIO) -> bool:
+    def _prefilter_process(self, stream: BinaryIO, raw: BinaryIO) -> PrefilterProcess | None:
+        """The second process reading and prefiltering this input, when it
+        is wanted and can start (else the scan stays in this one)."""
         if self.prefilter is None or self.prefilter_process is False:
-            return False
-        if self.prefilter_process:
-            return True
-        from eventd.prefilter_process import worthwhile
+            return None
+        from eventd.prefilter_process import PrefilterProcess, worthwhile
 
-        return worthwhile(raw)
+        if not self.prefilter_process and not worthwhile(raw):
+            return None
+        try:
+            return PrefilterProcess(stream, raw, self.prefilter, BLOCK_BYTES, self.max_line_bytes)
+        except OSError:  # no fork (process or memory limits): nothing was read yet
+            return None
 
     def scan_file(
         self,

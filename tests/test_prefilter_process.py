@@ -201,3 +201,16 @@ def test_the_command_prints_the_same_either_way(tmp_path: Path) -> None:
     refused = _cli("--prefilter-process", str(junk))
     assert refused.returncode == _cli("--no-prefilter-process", str(junk)).returncode != 0
     assert b"not audit data" in refused.stderr
+
+
+def test_no_fork_means_one_process_not_a_failed_scan(tmp_path: Path, monkeypatch) -> None:
+    log = _log(tmp_path / "audit.log", 300, every=7)
+    expected = _scan(log, prefilter_process=False)[0]
+    before = len(os.listdir("/proc/self/fd"))
+
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    assert _scan(log, prefilter_process=True)[0] == expected
+    assert len(os.listdir("/proc/self/fd")) == before  # the pipe's ends were closed

@@ -24,9 +24,14 @@ from eventd.cli.common import (
 from eventd.engine.ruleset import RULE_MATCHING
 from eventd.events import redact
 from eventd.gctune import tune_after_startup
-from eventd.prefilter_process import MIN_BYTES
 from eventd.priority import Priority
-from eventd.scanner import DEFAULT_MAX_LINE_BYTES, NotAuditData, Scanner, ScanStats
+from eventd.scanner import (
+    DEFAULT_MAX_LINE_BYTES,
+    PREFILTER_PROCESS_MIN_BYTES,
+    NotAuditData,
+    Scanner,
+    ScanStats,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -86,7 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="read and prefilter each file in a second process while this one matches "
-        f"(default: for files of {MIN_BYTES >> 20} MB or more, when a second CPU is free)",
+        f"(default: for files of {PREFILTER_PROCESS_MIN_BYTES >> 20} MB or more, when a second CPU is free)",
     )
     p.add_argument(
         "--max-line-bytes",
