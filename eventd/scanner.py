@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from msgspec import Struct, field
 
 from eventd.alerts import Alert, build_alert
+from eventd.engine.fields.pullsecrets import LEARNED_RESOURCES, may_learn
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
 from eventd.engine.index import Prefilter, Route
 from eventd.engine.matcher import Matcher
@@ -128,7 +129,13 @@ class Scanner:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be positive, not {max_line_bytes}")
         self.matcher = Matcher(ruleset, rule_matching=rule_matching)
-        self.prefilter = self.matcher.prefilter if prefilter else None
+        # Never skip what the image-pull-secret store learns from (as the
+        # daemon does): a Secret read alerts on what earlier writes taught it.
+        self.prefilter = (
+            Prefilter.build(self.matcher.indexes, keep_resources=LEARNED_RESOURCES, keep_when=may_learn)
+            if prefilter
+            else None
+        )
         self.on_alert = on_alert
         self.on_reject = on_reject
         self.min_priority = min_priority

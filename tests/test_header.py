@@ -273,11 +273,11 @@ def often(common: tuple[Any, ...], every: tuple[Any, ...]) -> st.SearchStrategy[
 RESOURCES: dict[str, tuple[str, ...]] = {
     "pods": ("create", "update", "patch"),
     "deployments": ("create", "patch"),
-    "secrets": ("get", "list", "watch"),
+    "secrets": ("get", "list", "watch", "create"),
     "leases": ("update",),
     "configmaps": ("create", "update", "patch"),
     "namespaces": ("create", "update", "patch"),
-    "serviceaccounts": ("update", "patch"),
+    "serviceaccounts": ("create", "update", "patch"),
 }
 
 
@@ -294,12 +294,18 @@ def builder_lines(draw: st.DrawFn) -> bytes:
     elif resource == "deployments":
         request = deployment(*images)
     elif draw(st.booleans()):
-        request = {"data": {"password": "hunter2"}, "imagePullSecrets": [{"name": "regcred"}]}
+        # "regcred" is in the packs' list of names; "robot-creds" is a pull
+        # secret only once a write has taught it (ka.target.pull_secret).
+        secret = draw(st.sampled_from(["regcred", "robot-creds"]))
+        request = {"data": {"password": "hunter2"}, "imagePullSecrets": [{"name": secret}]}
+        if resource == "secrets" and draw(st.booleans()):
+            registry = "kubernetes.io/dockerconfigjson"
+            request = {"kind": "Secret", "type": registry, "metadata": {"name": secret}}
     doc = audit_event(
         verb=draw(often(RESOURCES[resource], VERBS)),
         resource=resource,
         namespace=draw(st.sampled_from(NAMESPACES)),
-        name=draw(often(("regcred",), ("web", "kube-scheduler", "surprise", None))),
+        name=draw(often(("regcred", "robot-creds"), ("web", "kube-scheduler", "surprise", None))),
         user=draw(st.sampled_from(USERS)),
         stage=draw(often(("ResponseComplete",), STAGES)),
         subresource=draw(often((None,), SUBRESOURCES)),

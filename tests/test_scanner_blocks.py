@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventd.engine.fields.pullsecrets import STORE as PULL_SECRETS
 from eventd.engine.loader import load_rules
 from eventd.prefilter_process import PrefilterProcess
 from eventd.rulepacks import builtin_rule_files
@@ -107,7 +108,11 @@ def test_lines_at_finds_the_lines_asked_for(lines: list[bytes], data: st.DataObj
 def _run(
     data: bytes, how: str, ruleset=BUILTIN, block_size: int = 512, max_line: int = DEFAULT_MAX_LINE_BYTES
 ) -> dict[str, Any]:
-    """Scan ``data`` one way; return everything a user could see."""
+    """Scan ``data`` one way; return everything a user could see.
+
+    Each way starts with nothing learned (``ka.target.pull_secret``): what a
+    scan learns from earlier lines must come from this scan's own lines."""
+    PULL_SECRETS.clear()
     alerts: list[bytes] = []
     rejects: list[tuple[int, str]] = []
     scanner = Scanner(
@@ -256,3 +261,35 @@ def test_an_odd_line_costs_only_its_block(kind: str) -> None:
     lines[90] = orjson.dumps(_untrusted("after"))
     result = _same_as_lines(b"\n".join(lines) + b"\n", block_size=2048)
     assert len(result["alerts"]) == 2
+
+
+_TEACHERS = {
+    "serviceaccount create": audit_event(
+        resource="serviceaccounts",
+        namespace="shop",
+        name="builder",
+        request={"kind": "ServiceAccount", "imagePullSecrets": [{"name": "robot-creds"}]},
+    ),
+    "registry secret patch": audit_event(
+        verb="patch",
+        resource="secrets",
+        namespace="shop",
+        name="robot-creds",
+        code=200,
+        request={"kind": "Secret", "type": "kubernetes.io/dockerconfigjson"},
+    ),
+    "pod create naming it": audit_event(namespace="shop", request=pod("myregistry.io/shop/web:1.4.2")),
+}
+_TEACHERS["pod create naming it"]["requestObject"]["spec"]["imagePullSecrets"] = [{"name": "robot-creds"}]
+
+
+@pytest.mark.parametrize("teacher", sorted(_TEACHERS))
+def test_the_prefilter_keeps_what_teaches_a_pull_secret(teacher: str) -> None:
+    """A Secret read alerts on a name only an earlier write taught
+    (``ka.target.pull_secret``): the scan must read that write, though no
+    rule matches it, or the prefilter would change the alerts."""
+    read = audit_event(verb="get", resource="secrets", namespace="shop", name="robot-creds", code=200)
+    docs = [lease_renewal() for _ in range(60)]
+    docs[10], docs[50] = _TEACHERS[teacher], read
+    result = _same_as_lines(b"".join(orjson.dumps(d) + b"\n" for d in docs), block_size=2048)
+    assert any(b"Image Pull Secret Read By Non-System User" in alert for alert in result["alerts"])

@@ -537,19 +537,32 @@ class Prefilter:
             return lambda _header: True
         read_low, read_high = self._read_low, self._read_high
         verdicts: dict[tuple[str | None, ...], bool] = {}
+        memo_names = [f.ref.name for f in audit.fields[: audit.memo_width]]
+        # When the routing key holds every value ``keep_when`` is given (the
+        # usual case), "kept" is decided once per key, in the verdict table.
+        kept_by_key = keep and all(f in memo_names for f in _KEEP_FIELDS)
+        positions = [memo_names.index(f) for f in _KEEP_FIELDS] if kept_by_key else []
+
+        def key_kept(key: tuple[str | None, ...]) -> bool:
+            values = [key[p] for p in positions]
+            return values[0] in keep and (keep_when is None or keep_when(*values))
 
         def event_skippable(header: object) -> bool:
-            if keep and kept(header):
+            if keep and not kept_by_key and kept(header):
                 return False
             key = read_low(header)
             skip = verdicts.get(key)
             if skip is None:
-                bucket = audit.memo_lookup(key)
-                if bucket.needs_high:
-                    return not bucket.select(read_high(header))
+                if kept_by_key and key_kept(key):
+                    skip = False
+                else:
+                    bucket = audit.memo_lookup(key)
+                    if bucket.needs_high:
+                        return not bucket.select(read_high(header))
+                    skip = not bucket
                 if len(verdicts) >= _MEMO_LIMIT:
                     verdicts.clear()
-                verdicts[key] = skip = not bucket
+                verdicts[key] = skip
             return skip
 
         return event_skippable

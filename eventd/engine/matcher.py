@@ -6,6 +6,7 @@ batches by the daemon's consumer task and in a tight loop by ``eventd scan``.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,14 @@ class Matcher:
         self.indexes = {
             source: RuleIndex(rules, registry.fieldset(source)) for source, rules in by_source.items()
         }
-        self.prefilter: Prefilter | None = Prefilter.build(self.indexes)
         self.errors: Counter[str] = Counter()
+
+    @functools.cached_property
+    def prefilter(self) -> Prefilter | None:
+        """A prefilter for these rules alone (``Prefilter.build``).  A scan
+        and the daemon build their own, which also keep the events their
+        other observers learn from."""
+        return Prefilter.build(self.indexes)
 
     def match(self, event: Event) -> list[Rule]:
         index = self.indexes.get(event.source)
