@@ -41,6 +41,7 @@ from msgspec import Struct, field
 from eventd.alerts import Alert, build_alert
 from eventd.engine.fields.pullsecrets import LEARNED_RESOURCES, may_learn
 from eventd.engine.fields.pullsecrets import learn_from as learn_pull_secrets
+from eventd.engine.fields.pullsecrets import read_by as pull_secrets_read_by
 from eventd.engine.index import Prefilter, Route
 from eventd.engine.matcher import Matcher
 from eventd.engine.ruleset import RuleSet
@@ -129,13 +130,7 @@ class Scanner:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be positive, not {max_line_bytes}")
         self.matcher = Matcher(ruleset, rule_matching=rule_matching)
-        # Never skip what the image-pull-secret store learns from (as the
-        # daemon does): a Secret read alerts on what earlier writes taught it.
-        self.prefilter = (
-            Prefilter.build(self.matcher.indexes, keep_resources=LEARNED_RESOURCES, keep_when=may_learn)
-            if prefilter
-            else None
-        )
+        self.prefilter = self._make_prefilter(ruleset) if prefilter else None
         self.on_alert = on_alert
         self.on_reject = on_reject
         self.min_priority = min_priority
@@ -148,6 +143,15 @@ class Scanner:
         self._good = 0  # lines of the current input that decoded
         self._bad = 0  # lines of the current input that did not
         self._first_error: str | None = None
+
+    def _make_prefilter(self, ruleset: RuleSet) -> Prefilter | None:
+        """The rules' prefilter; when a rule reads ``ka.target.pull_secret``,
+        it never skips what the pull-secret store learns from (as the
+        daemon's never does): a Secret read alerts on what earlier writes
+        taught it, whether or not a rule matches those writes."""
+        if not pull_secrets_read_by(ruleset.rules):
+            return Prefilter.build(self.matcher.indexes)
+        return Prefilter.build(self.matcher.indexes, keep_resources=LEARNED_RESOURCES, keep_when=may_learn)
 
     def scan_path(self, path: str, progress: Callable[[int], None] | None = None) -> None:
         stream, raw = open_input(path)

@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 from eventd.engine.ast import FieldRef
 from eventd.engine.fields import default_registry
-from eventd.engine.fields.pullsecrets import ENTRY_OVERHEAD, STORE, PullSecretStore
+from eventd.engine.fields.pullsecrets import ENTRY_OVERHEAD, STORE, PullSecretStore, read_by
 from eventd.engine.loader import load_rules
 from eventd.events.model import K8S_AUDIT, Event
 from eventd.rulepacks import builtin_rule_files
+from eventd.scanner import Scanner
 from tests.support.builders import audit_event, deployment, pod
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,3 +204,59 @@ def test_scan_learns_then_alerts_on_the_read(tmp_path: Path) -> None:
     assert [(a["rule"], a["output_fields"]["ka.target.name"]) for a in alerts if "Secret" in a["rule"]] == [
         (READ_RULE, "harbor-robot")
     ]
+
+
+def _rule(condition: str, output: str = "x", **extra: str) -> str:
+    lines = [
+        "- rule: r",
+        "  desc: d",
+        f"  condition: {condition}",
+        f"  output: {output}",
+        "  priority: WARNING",
+        "  source: k8s_audit",
+    ]
+    lines += [f"  {key}: {value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [
+        (_rule("ka.target.resource = secrets"), False),
+        (_rule("ka.target.resource = secrets and ka.target.pull_secret = true"), True),
+        (_rule("ka.target.resource = secrets", output="pull=%ka.target.pull_secret"), True),
+        (_rule("ka.target.name = val(ka.target.pull_secret)"), True),
+        (
+            "- macro: m\n  condition: ka.target.pull_secret = true\n"
+            + _rule("ka.target.resource = secrets and not m"),
+            True,
+        ),
+        (
+            _rule("ka.target.resource = secrets")
+            + '  exceptions:\n    - name: e\n      fields: ka.target.pull_secret\n      values: ["true"]\n',
+            True,
+        ),
+    ],
+)
+def test_rules_that_read_what_is_learned_are_found(text: str, reads: bool, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    assert read_by(load_rules([str(path)]).rules) is reads
+
+
+def test_a_scan_reads_the_writes_it_learns_from_only_when_a_rule_reads_the_field(tmp_path: Path) -> None:
+    """Without a rule reading ``ka.target.pull_secret``, learning changes no
+    alert, so the prefilter may skip the ServiceAccount write no rule matches."""
+    sa = audit_event(
+        resource="serviceaccounts", namespace="shop", request={"imagePullSecrets": [{"name": "robot-creds"}]}
+    )
+    log = tmp_path / "audit.log"
+    log.write_bytes(json.dumps(sa).encode() + b"\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(_rule("ka.target.resource = secrets"))
+    skipped = []
+    for rules in ([str(plain)], [str(f) for f in builtin_rule_files()]):
+        scanner = Scanner(load_rules(rules), prefilter_process=False)
+        scanner.scan_path(str(log))
+        skipped.append(scanner.stats.skipped)
+    assert skipped == [1, 0]

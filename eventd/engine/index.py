@@ -548,8 +548,6 @@ class Prefilter:
             return values[0] in keep and (keep_when is None or keep_when(*values))
 
         def event_skippable(header: object) -> bool:
-            if keep and not kept_by_key and kept(header):
-                return False
             key = read_low(header)
             skip = verdicts.get(key)
             if skip is None:
@@ -565,6 +563,12 @@ class Prefilter:
                 verdicts[key] = skip
             return skip
 
+        if keep and not kept_by_key:
+
+            def skippable_unless_kept(header: object) -> bool:
+                return not kept(header) and event_skippable(header)
+
+            return skippable_unless_kept
         return event_skippable
 
     def _make_select_block(self) -> Callable[[bytes], tuple[int, list[int], list[Route]] | None]:

@@ -149,6 +149,10 @@ class OutputFormat:
 
         return render
 
+    def fields_read(self) -> frozenset[str]:
+        """The names of the fields this output prints (transformers' inner fields)."""
+        return frozenset(bound.ref.name for bound in self._bound)
+
     def __repr__(self) -> str:
         return f"OutputFormat({self.text!r})"
 

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from eventd.engine.ast import Check, FieldRef, walk
 from eventd.engine.fields.base import FieldDef
 from eventd.engine.fields.podspec import BY_RESOURCE, request_pod_spec, response_pod_spec
 from eventd.events.model import K8S_AUDIT, Event
+
+if TYPE_CHECKING:
+    from eventd.engine.ruleset import Rule
 
 #: Types of Secrets that hold registry credentials.
 PULL_SECRET_TYPES = frozenset({"kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg"})
@@ -197,9 +202,27 @@ def _pull_secret(event: Event, _arg: object) -> str | None:
     return "true" if STORE.knows(namespace if isinstance(namespace, str) else None, name) else "false"
 
 
+#: The field that reads what the store learned.
+FIELD = "ka.target.pull_secret"
+
+
+def read_by(rules: Iterable[Rule]) -> bool:
+    """Whether any of ``rules`` reads ``FIELD``, in its condition (exceptions
+    included) or its output: only then can learning change an alert."""
+    for rule in rules:
+        if FIELD in rule.output.fields_read():
+            return True
+        for node in walk(rule.condition):
+            if isinstance(node, Check) and (
+                node.field.name == FIELD or (isinstance(node.value, FieldRef) and node.value.name == FIELD)
+            ):
+                return True
+    return False
+
+
 FIELDS = [
     FieldDef(
-        "ka.target.pull_secret",
+        FIELD,
         'For Secret events: "true" when the target Secret is an image-pull secret eventd learned '
         "(named in a Pod's, workload's or ServiceAccount's imagePullSecrets, or created with a "
         "registry-credential type); absent for other resources.",
