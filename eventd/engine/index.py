@@ -544,7 +544,7 @@ class Prefilter:
         positions = [memo_names.index(f) for f in _KEEP_FIELDS] if kept_by_key else []
 
         def key_kept(key: tuple[str | None, ...]) -> bool:
-            values = [key[p] for p in positions]
+            values = [key[p] for p in positions]  # in _KEEP_FIELDS' order: the resource first
             return values[0] in keep and (keep_when is None or keep_when(*values))
 
         def event_skippable(header: object) -> bool:
