@@ -133,7 +133,8 @@ def _child(
     clean-up (``os._exit``: the parent's buffered alerts are not flushed twice)."""
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it, the child just ends
+        # SIGINT as the parent has it: Ctrl-C ends both (the parent reports
+        # it), and a scan started with SIGINT ignored ignores it in both.
         with open(pipe, "wb", buffering=1 << 16) as out:
             try:
                 for block in judge_blocks(stream, prefilter, block_size, max_line):
@@ -142,7 +143,7 @@ def _child(
                 _send(out, _ERROR, _pickled(err))
             else:
                 _send(out, _END, b"")
-    except BaseException:  # the parent went away (a broken pipe): nothing to tell anyone
+    except BaseException:  # the parent went away (a broken pipe) or Ctrl-C: nothing to tell anyone
         code = 1
     finally:
         os._exit(code)

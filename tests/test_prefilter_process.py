@@ -214,3 +214,44 @@ def test_no_fork_means_one_process_not_a_failed_scan(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "fork", refuse)
     assert _scan(log, prefilter_process=True)[0] == expected
     assert len(os.listdir("/proc/self/fd")) == before  # the pipe's ends were closed
+
+
+def _scan_interrupted(log: Path, ignore_sigint: bool) -> tuple[int, bytes, bytes]:
+    """``eventd scan --prefilter-process`` in a session of its own, sent
+    SIGINT (Ctrl-C reaches the whole foreground process group) mid-scan."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL)
+    try:  # a child process starts with this disposition (SIG_IGN survives exec)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "eventd", "scan", "--no-stats", "--prefilter-process", str(log)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 30
+    while not _children_of(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def _children_of(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_ctrl_c_ends_both_processes_quietly(tmp_path: Path) -> None:
+    code, _out, err = _scan_interrupted(_log(tmp_path / "audit.log", 20000), ignore_sigint=False)
+    assert code == 130, err
+    assert b"prefilter process" not in err
+
+
+def test_a_scan_that_ignores_sigint_ignores_it_in_both_processes(tmp_path: Path) -> None:
+    """``nohup``, a background job of a script: SIGINT is ignored from the
+    start, so the prefilter process must not die of it either."""
+    log = _log(tmp_path / "audit.log", 20000)
+    code, out, err = _scan_interrupted(log, ignore_sigint=True)
+    assert code == 0, err
+    assert out == _cli("--no-prefilter-process", str(log)).stdout
