@@ -126,3 +126,12 @@ def walk(node: Node) -> Iterator[Node]:
             stack.extend(reversed(n.children))
         elif isinstance(n, Not):
             stack.append(n.child)
+
+
+def field_refs(node: Node) -> Iterator[FieldRef]:
+    """Every field a tree reads, left of each operator and right of it (``val(f)``)."""
+    for n in walk(node):
+        if isinstance(n, Check):
+            yield n.field
+            if isinstance(n.value, FieldRef):
+                yield n.value

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from eventd.engine.ast import Check, FieldRef, Node, walk
+from eventd.engine.ast import Check, Node, field_refs, walk
 from eventd.engine.compiler import Note, compile_condition
 from eventd.engine.errors import RuleError
 from eventd.engine.lists import ListDef, resolve_lists, substitute_lists
@@ -53,16 +53,6 @@ def _located(err: RuleError, where: Where, key: str, code: str) -> RuleError:
     if err.code is None:
         err.code = _VALIDATE if err.message.startswith(("Undefined macro", "reference loop")) else code
     return err.located(file=where.file, line=where.line, item=where.item, key=key)
-
-
-def _field_refs(node: Node) -> list[FieldRef]:
-    refs = []
-    for n in walk(node):
-        if isinstance(n, Check):
-            refs.append(n.field)
-            if isinstance(n.value, FieldRef):
-                refs.append(n.value)
-    return refs
 
 
 def unsafe_na_check(tree: Node) -> bool:
@@ -148,7 +138,7 @@ def compile_collection(col: Collector, *, strict: bool = False) -> Compiled:
         used_macros.update(used)
         if unsafe_na_check(tree):
             warnings.append(r.cond_where.finding(WarningCode.LOAD_UNSAFE_NA_CHECK, "", key="condition"))
-        unknown = sorted({f.name for f in _field_refs(tree) if fields.lookup(f.name) is None})
+        unknown = sorted({f.name for f in field_refs(tree) if fields.lookup(f.name) is None})
         if unknown and r.skip_unknown:
             warnings.append(
                 r.cond_where.finding(

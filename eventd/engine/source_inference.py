@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from msgspec import Struct
 
-from eventd.engine.ast import And, Check, FieldRef, MacroRef, Node, Not, Or, walk
+from eventd.engine.ast import And, MacroRef, Node, Not, Or, field_refs, walk
 from eventd.engine.errors import RuleError
 from eventd.engine.fields.aliases import all_aliases
 from eventd.engine.load_result import Finding as LoadFinding
@@ -87,13 +87,7 @@ def expand_local_macros(tree: Node, macros: dict[str, Node], depth: int = 0) -> 
 
 def field_names(tree: Node) -> list[str]:
     """Every field a tree reads, left and right of the operator."""
-    out = []
-    for node in walk(tree):
-        if isinstance(node, Check):
-            out.append(node.field.name)
-            if isinstance(node.value, FieldRef):
-                out.append(node.value.name)
-    return out
+    return [ref.name for ref in field_refs(tree)]
 
 
 def try_parse(text: str) -> Node | None:

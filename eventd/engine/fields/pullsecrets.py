@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from eventd.engine.ast import Check, FieldRef, walk
+from eventd.engine.ast import field_refs
 from eventd.engine.fields.base import FieldDef
 from eventd.engine.fields.podspec import BY_RESOURCE, request_pod_spec, response_pod_spec
 from eventd.events.model import K8S_AUDIT, Event
@@ -209,15 +209,10 @@ FIELD = "ka.target.pull_secret"
 def read_by(rules: Iterable[Rule]) -> bool:
     """Whether any of ``rules`` reads ``FIELD``, in its condition (exceptions
     included) or its output: only then can learning change an alert."""
-    for rule in rules:
-        if FIELD in rule.output.fields_read():
-            return True
-        for node in walk(rule.condition):
-            if isinstance(node, Check) and (
-                node.field.name == FIELD or (isinstance(node.value, FieldRef) and node.value.name == FIELD)
-            ):
-                return True
-    return False
+    return any(
+        FIELD in rule.output.fields_read() or any(ref.name == FIELD for ref in field_refs(rule.condition))
+        for rule in rules
+    )
 
 
 FIELDS = [
