@@ -150,7 +150,7 @@ class Scanner:
         daemon's never does): a Secret read alerts on what earlier writes
         taught it, whether or not a rule matches those writes."""
         if not pull_secrets_read_by(ruleset.rules):
-            return Prefilter.build(self.matcher.indexes)
+            return self.matcher.prefilter
         return Prefilter.build(self.matcher.indexes, keep_resources=LEARNED_RESOURCES, keep_when=may_learn)
 
     def scan_path(self, path: str, progress: Callable[[int], None] | None = None) -> None:
